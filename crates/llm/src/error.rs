@@ -1,0 +1,102 @@
+//! The crate's error type. Every IO error carries the path it happened on.
+
+use std::path::{Path, PathBuf};
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong loading, configuring or running an LLM.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A JSON file does not parse or lacks a required field.
+    #[error("{path}: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The cause (names the field and line).
+        source: serde_json::Error,
+    },
+    /// A config value this crate does not implement.
+    #[error("unsupported config value {field} = {value}: expected {expected}")]
+    UnsupportedConfig {
+        /// The `config.json` key.
+        field: String,
+        /// Its value.
+        value: String,
+        /// What is supported.
+        expected: String,
+    },
+    /// A safetensors file is malformed.
+    #[error("{path}: not a valid safetensors file: {message}")]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A checkpoint in a format we refuse to read.
+    #[error("{path}: {message}")]
+    UnsupportedCheckpoint {
+        /// The offending file or directory.
+        path: PathBuf,
+        /// What to do instead.
+        message: String,
+    },
+    /// The checkpoint's keys do not match the model's parameters.
+    #[error("{dir}: checkpoint does not match the model: {} missing key(s) [{}], {} unused key(s) [{}]",
+        missing.len(), preview(missing), unused.len(), preview(unused))]
+    Keys {
+        /// The checkpoint.
+        dir: PathBuf,
+        /// Parameters the checkpoint lacks.
+        missing: Vec<String>,
+        /// Tensors in the checkpoint no parameter takes.
+        unused: Vec<String>,
+    },
+    /// A tensor has the wrong shape or a dtype we cannot read.
+    #[error("{path}: tensor {key}: {message}")]
+    Tensor {
+        /// The file holding it.
+        path: PathBuf,
+        /// The tensor's key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The tokenizer could not be loaded or used.
+    #[error("{path}: tokenizer: {message}")]
+    Tokenizer {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// What the tokenizers crate said.
+        message: String,
+    },
+    /// A generation request is malformed (empty prompt, bad sampling values, ...).
+    #[error("invalid generation request: {0}")]
+    Generation(String),
+}
+
+fn preview(keys: &[String]) -> String {
+    const SHOW: usize = 8;
+    let mut s = keys.iter().take(SHOW).cloned().collect::<Vec<_>>().join(", ");
+    if keys.len() > SHOW {
+        s.push_str(&format!(", ... {} more", keys.len() - SHOW));
+    }
+    s
+}
+
+impl Error {
+    /// An IO error on `path`.
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io { path: path.to_path_buf(), source }
+    }
+}

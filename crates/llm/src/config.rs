@@ -208,7 +208,7 @@ impl HfConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_json(&text).map_err(|e| match e {
-            Error::Json { source, .. } => Error::Json { path: path.to_path_buf(), source },
+            Error::Json { cause, .. } => Error::Json { path: path.to_path_buf(), cause },
             other => other,
         })
     }
@@ -216,7 +216,7 @@ impl HfConfig {
     /// Parses the text of a `config.json`.
     pub fn from_json(text: &str) -> Result<Self> {
         let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|source| Error::Json { path: "config.json".into(), source })?;
+            .map_err(|cause| Error::Json { path: "config.json".into(), cause })?;
         if let Some(mt) = value.get("model_type").and_then(|v| v.as_str()) {
             if mt != "llama" && mt != "mistral" {
                 return Err(Error::UnsupportedConfig {
@@ -226,7 +226,7 @@ impl HfConfig {
                 });
             }
         }
-        serde_json::from_value(value).map_err(|source| Error::Json { path: "config.json".into(), source })
+        serde_json::from_value(value).map_err(|cause| Error::Json { path: "config.json".into(), cause })
     }
 
     /// Resolves defaults and checks that every value is one this crate implements.

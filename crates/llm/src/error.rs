@@ -10,20 +10,20 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (shown in the message, so not chained as `source`).
+        cause: std::io::Error,
     },
     /// A JSON file does not parse or lacks a required field.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Json {
         /// The file.
         path: PathBuf,
         /// The cause (names the field and line).
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     /// A config value this crate does not implement.
     #[error("unsupported config value {field} = {value}: expected {expected}")]
@@ -97,6 +97,6 @@ fn preview(keys: &[String]) -> String {
 impl Error {
     /// An IO error on `path`.
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Error::Io { path: path.to_path_buf(), source }
+        Error::Io { path: path.to_path_buf(), cause: source }
     }
 }

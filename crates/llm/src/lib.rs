@@ -8,7 +8,7 @@
 //! * [`llama`]: the modules; pure training forward, explicit [`KvCache`] for decoding.
 //! * [`loader`]: strict safetensors loading (single or sharded, f32/f16/bf16) with a report.
 //! * [`generate`]: greedy / temperature + top-p, seeded, batched prompts of different lengths.
-//! * [`tokenizer`]: `tokenizer.json` via the `tokenizers` crate.
+//! * [`tokenizer`]: `tokenizer.json` via the `tokenizers` crate; [`template`]: LLaVA conversation templates.
 //!
 //! ```no_run
 //! use mmedpo_core::backend::Cpu;
@@ -36,6 +36,7 @@ pub mod error;
 pub mod generate;
 pub mod llama;
 pub mod loader;
+pub mod template;
 pub mod tokenizer;
 
 pub use config::{DecoderConfig, HfConfig, ModelType};
@@ -43,4 +44,5 @@ pub use error::{Error, Result};
 pub use generate::{FinishReason, Generation, GenerationConfig, Sampling};
 pub use llama::{AttentionInput, KvCache, LlamaForCausalLM};
 pub use loader::{load_llm, Checkpoint, LoadReport, LoadedLlm};
+pub use template::{Role, Template};
 pub use tokenizer::Tokenizer;

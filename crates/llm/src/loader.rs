@@ -90,7 +90,7 @@ impl std::fmt::Debug for Checkpoint {
 fn refuse_pickle(path: &Path) -> Error {
     Error::UnsupportedCheckpoint {
         path: path.to_path_buf(),
-        message: "PyTorch pickle checkpoints (.bin) are not read (they can run code). Convert it once: \
+        message: "PyTorch pickle checkpoints (.bin) are not read (unpickling can run code); convert it to safetensors once: \
             python -c \"import sys, transformers as t; m = t.AutoModelForCausalLM.from_pretrained(sys.argv[1]); \
             m.save_pretrained(sys.argv[2], safe_serialization=True)\" IN_DIR OUT_DIR"
             .into(),
@@ -119,7 +119,7 @@ impl Checkpoint {
         if index.is_file() {
             let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
             let parsed: ShardIndex =
-                serde_json::from_str(&text).map_err(|source| Error::Json { path: index.clone(), source })?;
+                serde_json::from_str(&text).map_err(|cause| Error::Json { path: index.clone(), cause })?;
             let shards: BTreeSet<&String> = parsed.weight_map.values().collect();
             let files = shards.into_iter().map(|s| dir.join(s)).collect();
             let ckpt = Self::from_files(dir.to_path_buf(), files)?;
@@ -513,7 +513,7 @@ pub fn save_llm<B: Backend>(model: &LlamaForCausalLM<B>, config: &DecoderConfig,
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let cfg_path = dir.join("config.json");
     let text = serde_json::to_string_pretty(&hf_config_json(config))
-        .map_err(|source| Error::Json { path: cfg_path.clone(), source })?;
+        .map_err(|cause| Error::Json { path: cfg_path.clone(), cause })?;
     std::fs::write(&cfg_path, text).map_err(|e| Error::io(&cfg_path, e))?;
     write_safetensors(&dir.join("model.safetensors"), &hf_tensors(model))
 }

@@ -1,1 +1,98 @@
-fn main(){}
+//! `mmedpo`: the command-line front door. Parses arguments, picks the backend, calls the library
+//! crates. `anyhow` and the tracing setup live here and nowhere else.
+
+mod bench;
+mod generate;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// MMedPO: clinical-aware multimodal preference optimization for medical vision-language models.
+#[derive(Parser, Debug)]
+#[command(name = "mmedpo", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate text with a Llama/Mistral model from a Hugging Face directory.
+    Generate(generate::GenerateArgs),
+    /// Measure throughput (prefill/decode tokens/s, matmul GFLOP/s) on a backend.
+    Bench(bench::BenchArgs),
+}
+
+/// Where tensors live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceKind {
+    /// Burn's Flex CPU backend.
+    Cpu,
+    /// CUDA GPU 0 (needs a binary built with `--features cuda`).
+    Cuda,
+}
+
+/// Float type of the CUDA backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Dtype {
+    /// 32-bit floats.
+    F32,
+    /// bfloat16 (CUDA only).
+    Bf16,
+}
+
+/// Runs `$body` with the type alias `B` and value `device` bound to the chosen backend.
+#[macro_export]
+macro_rules! with_backend {
+    ($kind:expr, $dtype:expr, |$B:ident, $device:ident| $body:expr) => {{
+        match ($kind, $dtype) {
+            ($crate::DeviceKind::Cpu, $crate::Dtype::F32) => {
+                type $B = mmedpo_core::backend::Cpu;
+                let $device = Default::default();
+                $body
+            }
+            ($crate::DeviceKind::Cpu, $crate::Dtype::Bf16) => {
+                anyhow::bail!("--dtype bf16 is for --device cuda; the CPU backend computes in f32")
+            }
+            #[cfg(feature = "cuda")]
+            ($crate::DeviceKind::Cuda, $crate::Dtype::F32) => {
+                type $B = mmedpo_core::backend::Gpu;
+                let $device = burn::backend::cuda::CudaDevice::new(0);
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            ($crate::DeviceKind::Cuda, $crate::Dtype::Bf16) => {
+                type $B = mmedpo_core::backend::GpuBf16;
+                let $device = burn::backend::cuda::CudaDevice::new(0);
+                $body
+            }
+            #[cfg(not(feature = "cuda"))]
+            ($crate::DeviceKind::Cuda, _) => {
+                anyhow::bail!("this mmedpo was built without CUDA; rebuild with `cargo build --release --features cuda`")
+            }
+        }
+    }};
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! `mmedpo bench`: throughput figures (not a timed test). `cargo xtask bench llm` calls it.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor};
+use clap::{Args, Subcommand, ValueEnum};
+use mmedpo_llm::generate::generate;
+use mmedpo_llm::{DecoderConfig, GenerationConfig, Sampling};
+
+/// Arguments of `mmedpo bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Subcommand, Debug)]
+enum What {
+    /// Prefill and decode tokens/s of a ~100M-parameter Mistral (random weights).
+    Llm {
+        /// Prompt tokens per sequence.
+        #[arg(long, default_value_t = 128)]
+        prompt_len: usize,
+        /// New tokens per sequence.
+        #[arg(long, default_value_t = 32)]
+        new_tokens: usize,
+        /// Sequences per batch.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Timed repetitions (after one warm-up).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Backend.
+        #[arg(long, value_enum, default_value_t = BenchBackend::Flex)]
+        backend: BenchBackend,
+    },
+    /// Square f32 matmul GFLOP/s.
+    Matmul {
+        /// Matrix side.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Timed repetitions.
+        #[arg(long, default_value_t = 20)]
+        reps: usize,
+        /// Backend.
+        #[arg(long, value_enum, default_value_t = BenchBackend::Flex)]
+        backend: BenchBackend,
+    },
+}
+
+/// Backends the benchmark can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchBackend {
+    /// Burn Flex (CPU).
+    Flex,
+    /// Burn ndarray (CPU; binary built with `--features ndarray`).
+    Ndarray,
+    /// CUDA f32 (binary built with `--features cuda`).
+    Cuda,
+    /// CUDA bf16.
+    CudaBf16,
+}
+
+macro_rules! on_backend {
+    ($backend:expr, |$B:ident, $device:ident| $body:expr) => {{
+        match $backend {
+            BenchBackend::Flex => {
+                type $B = mmedpo_core::backend::Cpu;
+                let $device = Default::default();
+                $body
+            }
+            #[cfg(feature = "ndarray")]
+            BenchBackend::Ndarray => {
+                type $B = mmedpo_core::backend::NdArray;
+                let $device = Default::default();
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            BenchBackend::Cuda => {
+                type $B = mmedpo_core::backend::Gpu;
+                let $device = burn::backend::cuda::CudaDevice::new(0);
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            BenchBackend::CudaBf16 => {
+                type $B = mmedpo_core::backend::GpuBf16;
+                let $device = burn::backend::cuda::CudaDevice::new(0);
+                $body
+            }
+            #[allow(unreachable_patterns)]
+            other => bail!("backend {other:?} is not compiled into this binary (features ndarray / cuda)"),
+        }
+    }};
+}
+
+/// Runs `mmedpo bench`.
+pub fn run(args: BenchArgs) -> Result<()> {
+    match args.what {
+        What::Llm { prompt_len, new_tokens, batch, reps, backend } => {
+            on_backend!(backend, |B, device| bench_llm::<B>(&device, prompt_len, new_tokens, batch, reps, backend))
+        }
+        What::Matmul { size, reps, backend } => on_backend!(backend, |B, device| bench_matmul::<B>(&device, size, reps, backend)),
+    }
+}
+
+fn bench_llm<B: Backend>(
+    device: &B::Device,
+    prompt_len: usize,
+    new_tokens: usize,
+    batch: usize,
+    reps: usize,
+    backend: BenchBackend,
+) -> Result<()> {
+    if new_tokens < 2 || prompt_len == 0 || batch == 0 {
+        bail!("need --prompt-len >= 1, --new-tokens >= 2 and --batch >= 1");
+    }
+    let config = DecoderConfig::mistral_100m();
+    let model = config.init::<B>(device);
+    let prompts: Vec<Vec<u32>> =
+        (0..batch).map(|b| (0..prompt_len).map(|i| 3 + ((i * 7919 + b * 104_729) % 31_000) as u32).collect()).collect();
+    let gen = GenerationConfig {
+        max_new_tokens: new_tokens,
+        sampling: Sampling::Greedy,
+        eos_token_ids: vec![],
+        pad_token_id: 0,
+    };
+    generate(&model, &prompts, &gen, device)?; // warm-up
+    let (mut prefill, mut decode) = (f64::MAX, f64::MAX);
+    for _ in 0..reps.max(1) {
+        let out = generate(&model, &prompts, &gen, device)?;
+        prefill = prefill.min(out.prefill.as_secs_f64());
+        decode = decode.min(out.decode.as_secs_f64());
+    }
+    // The first new token comes out of the prefill; the decode loop runs new_tokens - 1 steps.
+    let prefill_tps = (batch * prompt_len) as f64 / prefill;
+    let decode_tps = (batch * (new_tokens - 1)) as f64 / decode;
+    let result = serde_json::json!({
+        "bench": "llm", "backend": format!("{backend:?}"), "params_m": config.num_parameters() as f64 / 1e6,
+        "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens,
+        "prefill_tokens_per_s": prefill_tps, "decode_tokens_per_s": decode_tps,
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    });
+    println!(
+        "{backend:?}: {:.1}M params, batch {batch}: prefill {prefill_tps:.1} tokens/s ({prompt_len} tokens in {:.3} s), \
+         decode {decode_tps:.2} tokens/s",
+        config.num_parameters() as f64 / 1e6,
+        prefill
+    );
+    println!("{result}");
+    Ok(())
+}
+
+fn bench_matmul<B: Backend>(device: &B::Device, size: usize, reps: usize, backend: BenchBackend) -> Result<()> {
+    let a = Tensor::<B, 2>::random([size, size], Distribution::Normal(0.0, 1.0), device);
+    let b = Tensor::<B, 2>::random([size, size], Distribution::Normal(0.0, 1.0), device);
+    let check = a.clone().matmul(b.clone()).sum().into_scalar(); // warm-up and sync
+    let start = Instant::now();
+    for _ in 0..reps {
+        let _ = a.clone().matmul(b.clone()).sum().into_scalar();
+    }
+    let secs = start.elapsed().as_secs_f64() / reps as f64;
+    let gflops = 2.0 * (size as f64).powi(3) / secs / 1e9;
+    println!("{backend:?}: {size}x{size} matmul {:.2} ms, {gflops:.1} GFLOP/s (checksum {check:?})", secs * 1e3);
+    println!("{}", serde_json::json!({"bench": "matmul", "backend": format!("{backend:?}"), "size": size, "ms": secs * 1e3, "gflops": gflops}));
+    Ok(())
+}

@@ -1,1 +1,97 @@
-fn main(){}
+//! `cargo xtask`: project automation. Depends on no workspace crate; shells out to `cargo`.
+//!
+//! * `cargo xtask bench llm [ARGS]`: `mmedpo bench llm` (Flex, release) and, with `--torch`, the
+//!   PyTorch reference `crates/llm/scripts/bench_torch.py` on the same config and machine
+//!   (`MMEDPO_PYTHON` names the interpreter; default `python3`).
+//! * `cargo xtask validate`: fmt check, clippy, tests (the CI sequence).
+//! * `cargo xtask goldens`: reruns the Python golden scripts (needs torch/transformers; see
+//!   docs/goldens.md).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {cmd:?}");
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn python() -> Command {
+    Command::new(std::env::var("MMEDPO_PYTHON").unwrap_or_else(|_| "python3".into()))
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    match args.first().map(String::as_str) {
+        Some("bench") => bench(&rest),
+        Some("validate") => {
+            run(cargo().args(["fmt", "--all", "--check"]))?;
+            run(cargo().args([
+                "clippy",
+                "--release",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+            run(cargo().args(["test", "--release", "--workspace"]))
+        }
+        Some("goldens") => {
+            for script in [
+                "crates/llm/tests/golden/make_llm_goldens.py",
+                "crates/llm/tests/golden/make_tokenizer_goldens.py",
+            ] {
+                run(python().arg(script))?;
+            }
+            Ok(())
+        }
+        _ => {
+            eprintln!("usage: cargo xtask <bench llm [--torch] [ARGS] | validate | goldens>");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn bench(args: &[&str]) -> Result<()> {
+    let Some((&"llm", rest)) = args.split_first() else {
+        bail!("usage: cargo xtask bench llm [--torch] [mmedpo bench llm ARGS]");
+    };
+    let torch = rest.contains(&"--torch");
+    let pass: Vec<&str> = rest.iter().copied().filter(|a| *a != "--torch").collect();
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "mmedpo-runner",
+            "--",
+            "bench",
+            "llm",
+        ])
+        .args(&pass))?;
+    if torch {
+        run(python()
+            .arg("crates/llm/scripts/bench_torch.py")
+            .args(&pass))?;
+    }
+    Ok(())
+}

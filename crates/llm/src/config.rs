@@ -208,15 +208,20 @@ impl HfConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_json(&text).map_err(|e| match e {
-            Error::Json { cause, .. } => Error::Json { path: path.to_path_buf(), cause },
+            Error::Json { cause, .. } => Error::Json {
+                path: path.to_path_buf(),
+                cause,
+            },
             other => other,
         })
     }
 
     /// Parses the text of a `config.json`.
     pub fn from_json(text: &str) -> Result<Self> {
-        let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|cause| Error::Json { path: "config.json".into(), cause })?;
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|cause| Error::Json {
+            path: "config.json".into(),
+            cause,
+        })?;
         if let Some(mt) = value.get("model_type").and_then(|v| v.as_str()) {
             if mt != "llama" && mt != "mistral" {
                 return Err(Error::UnsupportedConfig {
@@ -226,7 +231,10 @@ impl HfConfig {
                 });
             }
         }
-        serde_json::from_value(value).map_err(|cause| Error::Json { path: "config.json".into(), cause })
+        serde_json::from_value(value).map_err(|cause| Error::Json {
+            path: "config.json".into(),
+            cause,
+        })
     }
 
     /// Resolves defaults and checks that every value is one this crate implements.
@@ -241,7 +249,7 @@ impl HfConfig {
         }
         let heads = self.num_attention_heads;
         let kv_heads = self.num_key_value_heads.unwrap_or(heads);
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             return Err(unsupported(
                 "num_key_value_heads",
                 kv_heads.to_string(),
@@ -250,7 +258,7 @@ impl HfConfig {
         }
         let head_dim = match self.head_dim {
             Some(d) => d,
-            None if self.hidden_size % heads == 0 => self.hidden_size / heads,
+            None if self.hidden_size.is_multiple_of(heads) => self.hidden_size / heads,
             None => {
                 return Err(unsupported(
                     "num_attention_heads",
@@ -260,23 +268,46 @@ impl HfConfig {
             }
         };
         if head_dim % 2 != 0 {
-            return Err(unsupported("head_dim", head_dim.to_string(), "an even number (RoPE)"));
+            return Err(unsupported(
+                "head_dim",
+                head_dim.to_string(),
+                "an even number (RoPE)",
+            ));
         }
-        let params = self.rope_parameters.or(self.rope_scaling).unwrap_or_default();
+        let params = self
+            .rope_parameters
+            .or(self.rope_scaling)
+            .unwrap_or_default();
         let rope_theta = self.rope_theta.or(params.rope_theta).unwrap_or(10_000.0);
         let rope_scaling = match params.rope_type.as_deref().unwrap_or("default") {
             "default" => RopeScaling::None,
-            "linear" => RopeScaling::Linear { factor: params.factor.unwrap_or(1.0) },
+            "linear" => RopeScaling::Linear {
+                factor: params.factor.unwrap_or(1.0),
+            },
             "llama3" => RopeScaling::Llama3 {
                 factor: params.factor.unwrap_or(8.0),
                 low_freq_factor: params.low_freq_factor.unwrap_or(1.0),
                 high_freq_factor: params.high_freq_factor.unwrap_or(4.0),
-                original_max_position_embeddings: params.original_max_position_embeddings.unwrap_or(8192),
+                original_max_position_embeddings: params
+                    .original_max_position_embeddings
+                    .unwrap_or(8192),
             },
-            other => return Err(unsupported("rope_type", other.into(), "\"default\", \"linear\" or \"llama3\"")),
+            other => {
+                return Err(unsupported(
+                    "rope_type",
+                    other.into(),
+                    "\"default\", \"linear\" or \"llama3\"",
+                ))
+            }
         };
-        let eos_token_ids = self.eos_token_id.map(|t| t.to_vec()).unwrap_or_else(|| vec![2]);
-        let pad_token_id = self.pad_token_id.or(eos_token_ids.first().copied()).unwrap_or(0);
+        let eos_token_ids = self
+            .eos_token_id
+            .map(|t| t.to_vec())
+            .unwrap_or_else(|| vec![2]);
+        let pad_token_id = self
+            .pad_token_id
+            .or(eos_token_ids.first().copied())
+            .unwrap_or(0);
         Ok(DecoderConfig {
             model_type: self.model_type,
             vocab_size: self.vocab_size,
@@ -348,10 +379,20 @@ impl DecoderConfig {
         let d = self.hidden_size;
         let q = self.num_attention_heads * self.head_dim;
         let kv = self.num_key_value_heads * self.head_dim;
-        let attn = d * q + 2 * d * kv + q * d
-            + if self.attention_bias { q + 2 * kv + d } else { 0 };
+        let attn = d * q
+            + 2 * d * kv
+            + q * d
+            + if self.attention_bias {
+                q + 2 * kv + d
+            } else {
+                0
+            };
         let mlp = 3 * d * self.intermediate_size
-            + if self.mlp_bias { 2 * self.intermediate_size + d } else { 0 };
+            + if self.mlp_bias {
+                2 * self.intermediate_size + d
+            } else {
+                0
+            };
         let layer = attn + mlp + 2 * d;
         let embed = self.vocab_size * d;
         let head = if self.tie_word_embeddings { 0 } else { embed };
@@ -374,7 +415,10 @@ mod tests {
 
     #[test]
     fn llava_med_config_resolves_to_the_preset() {
-        let cfg = HfConfig::from_json(MISTRAL).unwrap().into_runtime().unwrap();
+        let cfg = HfConfig::from_json(MISTRAL)
+            .unwrap()
+            .into_runtime()
+            .unwrap();
         assert_eq!(cfg, DecoderConfig::llava_med_v15_mistral_7b());
         // Mistral-7B has 7.24 B parameters.
         assert_eq!(cfg.num_parameters(), 7_241_732_096);
@@ -399,10 +443,19 @@ mod tests {
         let err = HfConfig::from_json(r#"{"model_type": "gemma"}"#).unwrap_err();
         assert!(err.to_string().contains("model_type"), "{err}");
         let json = MISTRAL.replace("\"silu\"", "\"gelu\"");
-        let err = HfConfig::from_json(&json).unwrap().into_runtime().unwrap_err();
-        assert!(err.to_string().contains("hidden_act") && err.to_string().contains("gelu"), "{err}");
+        let err = HfConfig::from_json(&json)
+            .unwrap()
+            .into_runtime()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("hidden_act") && err.to_string().contains("gelu"),
+            "{err}"
+        );
         let json = MISTRAL.replace("\"num_key_value_heads\": 8", "\"num_key_value_heads\": 5");
-        let err = HfConfig::from_json(&json).unwrap().into_runtime().unwrap_err();
+        let err = HfConfig::from_json(&json)
+            .unwrap()
+            .into_runtime()
+            .unwrap_err();
         assert!(err.to_string().contains("num_key_value_heads"), "{err}");
     }
 

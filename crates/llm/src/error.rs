@@ -87,7 +87,12 @@ pub enum Error {
 
 fn preview(keys: &[String]) -> String {
     const SHOW: usize = 8;
-    let mut s = keys.iter().take(SHOW).cloned().collect::<Vec<_>>().join(", ");
+    let mut s = keys
+        .iter()
+        .take(SHOW)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     if keys.len() > SHOW {
         s.push_str(&format!(", ... {} more", keys.len() - SHOW));
     }
@@ -97,6 +102,9 @@ fn preview(keys: &[String]) -> String {
 impl Error {
     /// An IO error on `path`.
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Error::Io { path: path.to_path_buf(), cause: source }
+        Error::Io {
+            path: path.to_path_buf(),
+            cause: source,
+        }
     }
 }

@@ -80,11 +80,15 @@ pub fn generate<B: Backend>(
     device: &B::Device,
 ) -> Result<Generation> {
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
-        return Err(Error::Generation("every prompt needs at least one token".into()));
+        return Err(Error::Generation(
+            "every prompt needs at least one token".into(),
+        ));
     }
     let vocab = model.vocab_size();
     if let Some(bad) = prompts.iter().flatten().find(|&&id| id as usize >= vocab) {
-        return Err(Error::Generation(format!("token id {bad} is outside the model's vocabulary of {vocab}")));
+        return Err(Error::Generation(format!(
+            "token id {bad} is outside the model's vocabulary of {vocab}"
+        )));
     }
     let len = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let mut ids = Vec::with_capacity(prompts.len() * len);
@@ -123,7 +127,10 @@ pub fn generate_from_embeds<B: Backend>(
     let prefill = start.elapsed();
     let start = Instant::now();
     for step in 0..config.max_new_tokens {
-        let rows = logits.into_data().to_vec::<f32>().map_err(|e| Error::Generation(format!("{e:?}")))?;
+        let rows = logits
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| Error::Generation(format!("{e:?}")))?;
         let vocab = rows.len() / batch;
         let mut next = Vec::with_capacity(batch);
         for b in 0..batch {
@@ -153,8 +160,17 @@ pub fn generate_from_embeds<B: Backend>(
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch, 1]), device);
         logits = last_logits(model.forward_cached(model.embed(ids), &attn, &mut cache));
     }
-    let finish = finish.into_iter().map(|f| f.unwrap_or(FinishReason::Length)).collect();
-    Ok(Generation { tokens, finish, prefill, decode: start.elapsed(), prompt_tokens })
+    let finish = finish
+        .into_iter()
+        .map(|f| f.unwrap_or(FinishReason::Length))
+        .collect();
+    Ok(Generation {
+        tokens,
+        finish,
+        prefill,
+        decode: start.elapsed(),
+        prompt_tokens,
+    })
 }
 
 /// `[batch, seq, vocab]` → `[batch, vocab]` of the last position.
@@ -175,24 +191,37 @@ impl Sampler {
     pub fn new(sampling: Sampling) -> Result<Self> {
         let seed = match sampling {
             Sampling::Greedy => 0,
-            Sampling::Sample { temperature, top_p, seed } => {
+            Sampling::Sample {
+                temperature,
+                top_p,
+                seed,
+            } => {
                 if !(temperature > 0.0 && temperature.is_finite()) {
-                    return Err(Error::Generation(format!("temperature must be > 0, got {temperature}")));
+                    return Err(Error::Generation(format!(
+                        "temperature must be > 0, got {temperature}"
+                    )));
                 }
                 if !(top_p > 0.0 && top_p <= 1.0) {
-                    return Err(Error::Generation(format!("top_p must be in (0, 1], got {top_p}")));
+                    return Err(Error::Generation(format!(
+                        "top_p must be in (0, 1], got {top_p}"
+                    )));
                 }
                 seed
             }
         };
-        Ok(Self { sampling, rng: ChaCha8Rng::seed_from_u64(seed) })
+        Ok(Self {
+            sampling,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        })
     }
 
     /// The next token for one row of logits.
     pub fn pick(&mut self, logits: &[f32]) -> u32 {
         match self.sampling {
             Sampling::Greedy => argmax(logits),
-            Sampling::Sample { temperature, top_p, .. } => {
+            Sampling::Sample {
+                temperature, top_p, ..
+            } => {
                 let probs = top_p_probs(logits, temperature, top_p);
                 let mut u: f32 = self.rng.random();
                 let mut last = 0;
@@ -225,7 +254,11 @@ pub fn argmax(logits: &[f32]) -> u32 {
 pub fn top_p_probs(logits: &[f32], temperature: f32, top_p: f32) -> Vec<(u32, f32)> {
     let scaled: Vec<f32> = logits.iter().map(|l| l / temperature).collect();
     let max = scaled.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut probs: Vec<(u32, f32)> = scaled.iter().enumerate().map(|(i, l)| (i as u32, (l - max).exp())).collect();
+    let mut probs: Vec<(u32, f32)> = scaled
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i as u32, (l - max).exp()))
+        .collect();
     let total: f32 = probs.iter().map(|p| p.1).sum();
     probs.iter_mut().for_each(|p| p.1 /= total);
     // Ascending, as TopPLogitsWarper sorts; remove while the cumulative mass is <= 1 - top_p.
@@ -274,8 +307,18 @@ mod tests {
 
     #[test]
     fn bad_sampling_values_are_errors() {
-        assert!(Sampler::new(Sampling::Sample { temperature: 0.0, top_p: 0.9, seed: 0 }).is_err());
-        assert!(Sampler::new(Sampling::Sample { temperature: 1.0, top_p: 1.5, seed: 0 }).is_err());
+        assert!(Sampler::new(Sampling::Sample {
+            temperature: 0.0,
+            top_p: 0.9,
+            seed: 0
+        })
+        .is_err());
+        assert!(Sampler::new(Sampling::Sample {
+            temperature: 1.0,
+            top_p: 1.5,
+            seed: 0
+        })
+        .is_err());
     }
 
     fn tiny() -> DecoderConfig {
@@ -292,7 +335,12 @@ mod tests {
     }
 
     fn cfg(sampling: Sampling, max_new_tokens: usize) -> GenerationConfig {
-        GenerationConfig { max_new_tokens, sampling, eos_token_ids: vec![2], pad_token_id: 0 }
+        GenerationConfig {
+            max_new_tokens,
+            sampling,
+            eos_token_ids: vec![2],
+            pad_token_id: 0,
+        }
     }
 
     #[test]
@@ -300,7 +348,14 @@ mod tests {
         let device = Default::default();
         let model = tiny().init::<B>(&device);
         let prompts = vec![vec![1, 5, 9, 13, 17, 21], vec![1, 7], vec![1, 30, 31, 32]];
-        for sampling in [Sampling::Greedy, Sampling::Sample { temperature: 0.7, top_p: 0.9, seed: 3 }] {
+        for sampling in [
+            Sampling::Greedy,
+            Sampling::Sample {
+                temperature: 0.7,
+                top_p: 0.9,
+                seed: 3,
+            },
+        ] {
             let config = cfg(sampling, 6);
             let batched = generate(&model, &prompts, &config, &device).unwrap();
             for (i, p) in prompts.iter().enumerate() {
@@ -318,7 +373,23 @@ mod tests {
         let device = Default::default();
         let model = tiny().init::<B>(&device);
         let prompts = vec![vec![1, 4, 8]];
-        let run = |seed| generate(&model, &prompts, &cfg(Sampling::Sample { temperature: 5.0, top_p: 1.0, seed }, 12), &device).unwrap().tokens;
+        let run = |seed| {
+            generate(
+                &model,
+                &prompts,
+                &cfg(
+                    Sampling::Sample {
+                        temperature: 5.0,
+                        top_p: 1.0,
+                        seed,
+                    },
+                    12,
+                ),
+                &device,
+            )
+            .unwrap()
+            .tokens
+        };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
     }
@@ -328,10 +399,16 @@ mod tests {
         let device = Default::default();
         let model = tiny().init::<B>(&device);
         let prompts = vec![vec![1, 4, 8]];
-        let no_eos = GenerationConfig { eos_token_ids: vec![], ..cfg(Sampling::Greedy, 3) };
+        let no_eos = GenerationConfig {
+            eos_token_ids: vec![],
+            ..cfg(Sampling::Greedy, 3)
+        };
         let greedy = generate(&model, &prompts, &no_eos, &device).unwrap();
         let first = greedy.tokens[0][0];
-        let config = GenerationConfig { eos_token_ids: vec![first], ..cfg(Sampling::Greedy, 3) };
+        let config = GenerationConfig {
+            eos_token_ids: vec![first],
+            ..cfg(Sampling::Greedy, 3)
+        };
         let stopped = generate(&model, &prompts, &config, &device).unwrap();
         assert_eq!(stopped.tokens[0], vec![first]);
         assert_eq!(stopped.finish[0], FinishReason::Eos);
@@ -343,7 +420,8 @@ mod tests {
     fn out_of_vocabulary_prompt_is_an_error() {
         let device = Default::default();
         let model = tiny().init::<B>(&device);
-        let err = generate(&model, &[vec![1, 999]], &cfg(Sampling::Greedy, 2), &device).unwrap_err();
+        let err =
+            generate(&model, &[vec![1, 999]], &cfg(Sampling::Greedy, 2), &device).unwrap_err();
         assert!(err.to_string().contains("999"), "{err}");
     }
 }

@@ -17,7 +17,9 @@
 //! generation path passes an explicit [`KvCache`] owned by the caller (see `generate.rs`).
 
 use burn::module::{Module, Param};
-use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::nn::{
+    Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig,
+};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
@@ -107,7 +109,9 @@ pub struct KvCache<B: Backend> {
 impl<B: Backend> KvCache<B> {
     /// An empty cache for a model of `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
-        Self { layers: vec![None; num_layers] }
+        Self {
+            layers: vec![None; num_layers],
+        }
     }
 
     /// Number of slots filled.
@@ -201,9 +205,18 @@ pub fn rope_inv_freq(config: &DecoderConfig) -> Vec<f32> {
     match config.rope_scaling {
         RopeScaling::None => inv,
         RopeScaling::Linear { factor } => inv.iter().map(|f| f / factor as f32).collect(),
-        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => {
             let old = original_max_position_embeddings as f32;
-            let (factor, low, high) = (factor as f32, low_freq_factor as f32, high_freq_factor as f32);
+            let (factor, low, high) = (
+                factor as f32,
+                low_freq_factor as f32,
+                high_freq_factor as f32,
+            );
             let low_wavelen = old / low;
             let high_wavelen = old / high;
             inv.iter()
@@ -212,8 +225,12 @@ pub fn rope_inv_freq(config: &DecoderConfig) -> Vec<f32> {
                     let scaled = if wavelen > low_wavelen { f / factor } else { f };
                     let smooth = (old / wavelen - low) / (high - low);
                     let smoothed = (1.0 - smooth) * scaled / factor + smooth * scaled;
-                    let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
-                    if medium { smoothed } else { scaled }
+                    let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
+                    if medium {
+                        smoothed
+                    } else {
+                        scaled
+                    }
                 })
                 .collect()
         }
@@ -223,11 +240,21 @@ pub fn rope_inv_freq(config: &DecoderConfig) -> Vec<f32> {
 impl DecoderConfig {
     /// A randomly initialised model (weights N(0, 0.02) as HF's `_init_weights`, norms at 1).
     pub fn init<B: Backend>(&self, device: &B::Device) -> LlamaForCausalLM<B> {
-        let init = Initializer::Normal { mean: 0.0, std: 0.02 };
-        let linear = |i: usize, o: usize, bias: bool| {
-            LinearConfig::new(i, o).with_bias(bias).with_initializer(init.clone()).init(device)
+        let init = Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
         };
-        let norm = || RmsNormConfig::new(self.hidden_size).with_epsilon(self.rms_norm_eps).init(device);
+        let linear = |i: usize, o: usize, bias: bool| {
+            LinearConfig::new(i, o)
+                .with_bias(bias)
+                .with_initializer(init.clone())
+                .init(device)
+        };
+        let norm = || {
+            RmsNormConfig::new(self.hidden_size)
+                .with_epsilon(self.rms_norm_eps)
+                .init(device)
+        };
         let (d, q, kv) = (
             self.hidden_size,
             self.num_attention_heads * self.head_dim,
@@ -255,7 +282,9 @@ impl DecoderConfig {
             .collect();
         LlamaForCausalLM {
             model: LlamaModel {
-                embed_tokens: EmbeddingConfig::new(self.vocab_size, d).with_initializer(init.clone()).init(device),
+                embed_tokens: EmbeddingConfig::new(self.vocab_size, d)
+                    .with_initializer(init.clone())
+                    .init(device),
                 layers,
                 norm: norm(),
                 inv_freq: rope_inv_freq(self),
@@ -342,7 +371,12 @@ impl<B: Backend> LlamaModel<B> {
     ///
     /// # Shapes
     /// - `embeds`: `[batch, seq, hidden]` → `[batch, seq, hidden]`
-    pub fn forward(&self, embeds: Tensor<B, 3>, attn: &AttentionInput<B>, mut cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        embeds: Tensor<B, 3>,
+        attn: &AttentionInput<B>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
         let [batch, seq, _] = embeds.dims();
         let (cos, sin) = self.rope(&attn.positions, batch, seq, &embeds.device());
         let mut x = embeds;
@@ -357,7 +391,13 @@ impl<B: Backend> LlamaModel<B> {
     ///
     /// As `LlamaRotaryEmbedding`: `freq = position * inv_freq` in f32, then cos/sin (computed here in
     /// f64 and rounded, i.e. correctly rounded like torch's), duplicated over both halves.
-    fn rope(&self, positions: &[i64], batch: usize, seq: usize, device: &B::Device) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    fn rope(
+        &self,
+        positions: &[i64],
+        batch: usize,
+        seq: usize,
+        device: &B::Device,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(positions.len() * half * 2);
         let mut sin = Vec::with_capacity(positions.len() * half * 2);
@@ -385,7 +425,10 @@ impl<B: Backend> DecoderLayer<B> {
         mask: &Tensor<B, 4, Bool>,
         cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     ) -> Tensor<B, 3> {
-        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, mask, cache);
+        let h = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), cos, sin, mask, cache);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }
@@ -411,7 +454,8 @@ impl<B: Backend> Attention<B> {
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let split = |t: Tensor<B, 3>, heads: usize| t.reshape([batch, seq, heads, hd]).swap_dims(1, 2);
+        let split =
+            |t: Tensor<B, 3>, heads: usize| t.reshape([batch, seq, heads, hd]).swap_dims(1, 2);
         let q = split(self.q_proj.forward(x.clone()), h); // [batch, h, seq, hd]
         let k = split(self.k_proj.forward(x.clone()), kvh); // [batch, kvh, seq, hd]
         let v = split(self.v_proj.forward(x), kvh);
@@ -433,24 +477,38 @@ impl<B: Backend> Attention<B> {
             if h == kvh {
                 t
             } else {
-                t.unsqueeze_dim::<5>(2).expand([batch, kvh, h / kvh, total, hd]).reshape([batch, h, total, hd])
+                t.unsqueeze_dim::<5>(2)
+                    .expand([batch, kvh, h / kvh, total, hd])
+                    .reshape([batch, h, total, hd])
             }
         };
         let mask = mask.clone().expand([batch, h, seq, total]);
-        let out = attention(q, repeat(k), repeat(v), Some(mask), None, AttentionModuleOptions::default());
-        self.o_proj.forward(out.swap_dims(1, 2).reshape([batch, seq, h * hd]))
+        let out = attention(
+            q,
+            repeat(k),
+            repeat(v),
+            Some(mask),
+            None,
+            AttentionModuleOptions::default(),
+        );
+        self.o_proj
+            .forward(out.swap_dims(1, 2).reshape([batch, seq, h * hd]))
     }
 }
 
 impl<B: Backend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.down_proj.forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+        self.down_proj
+            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
     }
 }
 
 /// Builds a `Linear` from an HF weight `[d_out, d_in]` (and bias).
 pub fn linear_from_hf<B: Backend>(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Linear<B> {
-    Linear { weight: Param::from_tensor(weight.transpose()), bias: bias.map(Param::from_tensor) }
+    Linear {
+        weight: Param::from_tensor(weight.transpose()),
+        bias: bias.map(Param::from_tensor),
+    }
 }
 
 #[cfg(test)]
@@ -493,14 +551,21 @@ mod tests {
             // Prefill 4 tokens, then one at a time.
             let valid = vec![vec![true; 4]];
             let attn = AttentionInput::new(&valid, window, &dev);
-            let mut parts = vec![model.forward_cached(model.embed(ids(&[&seq[..4]])), &attn, &mut cache)];
+            let mut parts =
+                vec![model.forward_cached(model.embed(ids(&[&seq[..4]])), &attn, &mut cache)];
             for t in 4..seq.len() {
                 let valid = vec![vec![true; t + 1]];
                 let attn = AttentionInput::step(&valid, t, 1, window, &dev);
-                parts.push(model.forward_cached(model.embed(ids(&[&seq[t..t + 1]])), &attn, &mut cache));
+                parts.push(model.forward_cached(
+                    model.embed(ids(&[&seq[t..t + 1]])),
+                    &attn,
+                    &mut cache,
+                ));
             }
             assert_eq!(cache.len(), seq.len());
-            Tensor::cat(parts, 1).into_data().assert_approx_eq::<f32>(&full.into_data(), Tolerance::absolute(1e-5));
+            Tensor::cat(parts, 1)
+                .into_data()
+                .assert_approx_eq::<f32>(&full.into_data(), Tolerance::absolute(1e-5));
         }
     }
 
@@ -514,7 +579,8 @@ mod tests {
         let attn = AttentionInput::new(&valid, None, &dev);
         let out = model.forward_embeds(model.embed(padded), &attn);
         let row = out.slice([0..1, 2..5]);
-        row.into_data().assert_approx_eq::<f32>(&alone.into_data(), Tolerance::absolute(1e-5));
+        row.into_data()
+            .assert_approx_eq::<f32>(&alone.into_data(), Tolerance::absolute(1e-5));
     }
 
     #[test]
@@ -548,7 +614,7 @@ mod tests {
             ..tiny(None, false)
         };
         let inv = rope_inv_freq(&cfg);
-        let expected = [1.0f32, 0.037_606_03, 0.000_524_846_2, 0.000_006_647_870];
+        let expected = [1.0f32, 0.037_606_03, 0.000_524_846_2, 0.000_006_647_87];
         for (a, e) in inv.iter().zip(expected) {
             assert!((a - e).abs() <= 1e-5 * e, "{inv:?}");
         }

@@ -27,11 +27,15 @@ use serde::Deserialize;
 
 use crate::config::{DecoderConfig, HfConfig};
 use crate::error::{Error, Result};
-use crate::llama::{linear_from_hf, rope_inv_freq, Attention, DecoderLayer, LlamaForCausalLM, LlamaModel, Mlp};
+use crate::llama::{
+    linear_from_hf, rope_inv_freq, Attention, DecoderLayer, LlamaForCausalLM, LlamaModel, Mlp,
+};
 
 /// Checkpoint tensors that are derived buffers, not parameters, and are skipped on purpose.
-pub const IGNORED_SUFFIXES: &[(&str, &str)] =
-    &[("rotary_emb.inv_freq", "RoPE buffer, recomputed from config.json")];
+pub const IGNORED_SUFFIXES: &[(&str, &str)] = &[(
+    "rotary_emb.inv_freq",
+    "RoPE buffer, recomputed from config.json",
+)];
 
 /// What a load did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -48,7 +52,11 @@ pub struct LoadReport {
 
 impl std::fmt::Display for LoadReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let dtypes: Vec<String> = self.dtypes.iter().map(|(d, n)| format!("{n} {d}")).collect();
+        let dtypes: Vec<String> = self
+            .dtypes
+            .iter()
+            .map(|(d, n)| format!("{n} {d}"))
+            .collect();
         write!(
             f,
             "{} tensors applied from {} file(s) ({}), {} ignored, 0 missing, 0 unused",
@@ -83,7 +91,10 @@ pub struct Checkpoint {
 
 impl std::fmt::Debug for Checkpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Checkpoint").field("dir", &self.dir).field("files", &self.files).finish()
+        f.debug_struct("Checkpoint")
+            .field("dir", &self.dir)
+            .field("files", &self.files)
+            .finish()
     }
 }
 
@@ -109,7 +120,10 @@ impl Checkpoint {
             return Self::from_files(parent, vec![dir.to_path_buf()]);
         }
         if !dir.is_dir() {
-            return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory")));
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory"),
+            ));
         }
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
@@ -118,8 +132,10 @@ impl Checkpoint {
         }
         if index.is_file() {
             let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-            let parsed: ShardIndex =
-                serde_json::from_str(&text).map_err(|cause| Error::Json { path: index.clone(), cause })?;
+            let parsed: ShardIndex = serde_json::from_str(&text).map_err(|cause| Error::Json {
+                path: index.clone(),
+                cause,
+            })?;
             let shards: BTreeSet<&String> = parsed.weight_map.values().collect();
             let files = shards.into_iter().map(|s| dir.join(s)).collect();
             let ckpt = Self::from_files(dir.to_path_buf(), files)?;
@@ -128,7 +144,9 @@ impl Checkpoint {
                 if in_file != Some(&dir.join(shard)) {
                     return Err(Error::Safetensors {
                         path: index,
-                        message: format!("weight_map puts {key} in {shard}, but that file does not hold it"),
+                        message: format!(
+                            "weight_map puts {key} in {shard}, but that file does not hold it"
+                        ),
                     });
                 }
             }
@@ -154,18 +172,37 @@ impl Checkpoint {
         for (i, path) in files.iter().enumerate() {
             let file = File::open(path).map_err(|e| Error::io(path, e))?;
             let map = map_file(&file).map_err(|e| Error::io(path, e))?;
-            let st = SafeTensors::deserialize(&map)
-                .map_err(|e| Error::Safetensors { path: path.clone(), message: e.to_string() })?;
+            let st = SafeTensors::deserialize(&map).map_err(|e| Error::Safetensors {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
             for (name, view) in st.tensors() {
-                let entry = Entry { file: i, dtype: view.dtype(), shape: view.shape().to_vec() };
+                let entry = Entry {
+                    file: i,
+                    dtype: view.dtype(),
+                    shape: view.shape().to_vec(),
+                };
                 if entries.insert(name.clone(), entry).is_some() {
-                    return Err(Error::Safetensors { path: path.clone(), message: format!("{name} appears in two shards") });
+                    return Err(Error::Safetensors {
+                        path: path.clone(),
+                        message: format!("{name} appears in two shards"),
+                    });
                 }
             }
             maps.push(map);
         }
-        let report = LoadReport { files: files.clone(), ..LoadReport::default() };
-        Ok(Self { dir, files, maps, entries, report, taken: BTreeSet::new() })
+        let report = LoadReport {
+            files: files.clone(),
+            ..LoadReport::default()
+        };
+        Ok(Self {
+            dir,
+            files,
+            maps,
+            entries,
+            report,
+            taken: BTreeSet::new(),
+        })
     }
 
     /// The checkpoint's directory.
@@ -185,17 +222,30 @@ impl Checkpoint {
 
     /// Checks that every key is present; reports all missing ones at once.
     pub fn require<S: AsRef<str>>(&self, keys: &[S]) -> Result<()> {
-        let missing: Vec<String> =
-            keys.iter().map(|k| k.as_ref()).filter(|k| !self.contains(k)).map(String::from).collect();
+        let missing: Vec<String> = keys
+            .iter()
+            .map(|k| k.as_ref())
+            .filter(|k| !self.contains(k))
+            .map(String::from)
+            .collect();
         if missing.is_empty() {
             Ok(())
         } else {
-            Err(Error::Keys { dir: self.dir.clone(), missing, unused: vec![] })
+            Err(Error::Keys {
+                dir: self.dir.clone(),
+                missing,
+                unused: vec![],
+            })
         }
     }
 
     /// Takes one tensor, checking its shape, converted to the backend's float type.
-    pub fn take<B: Backend, const D: usize>(&mut self, key: &str, shape: [usize; D], device: &B::Device) -> Result<Tensor<B, D>> {
+    pub fn take<B: Backend, const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+        device: &B::Device,
+    ) -> Result<Tensor<B, D>> {
         let entry = self.entries.get(key).ok_or_else(|| Error::Keys {
             dir: self.dir.clone(),
             missing: vec![key.to_string()],
@@ -206,7 +256,10 @@ impl Checkpoint {
             return Err(Error::Tensor {
                 path: path.clone(),
                 key: key.into(),
-                message: format!("shape {:?}, but the config implies {:?}", entry.shape, shape),
+                message: format!(
+                    "shape {:?}, but the config implies {:?}",
+                    entry.shape, shape
+                ),
             });
         }
         let dtype = match entry.dtype {
@@ -221,15 +274,24 @@ impl Checkpoint {
                 })
             }
         };
-        let st = SafeTensors::deserialize(&self.maps[entry.file])
-            .map_err(|e| Error::Safetensors { path: path.clone(), message: e.to_string() })?;
-        let view = st
-            .tensor(key)
-            .map_err(|e| Error::Safetensors { path: path.clone(), message: e.to_string() })?;
+        let st =
+            SafeTensors::deserialize(&self.maps[entry.file]).map_err(|e| Error::Safetensors {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        let view = st.tensor(key).map_err(|e| Error::Safetensors {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         // Convert on the host to the backend's float type: Flex would otherwise keep (and compute
         // in) bf16/f16 storage.
-        let data = TensorData::from_bytes_vec(view.data().to_vec(), shape, dtype).convert::<B::FloatElem>();
-        *self.report.dtypes.entry(format!("{:?}", entry.dtype)).or_default() += 1;
+        let data = TensorData::from_bytes_vec(view.data().to_vec(), shape, dtype)
+            .convert::<B::FloatElem>();
+        *self
+            .report
+            .dtypes
+            .entry(format!("{:?}", entry.dtype))
+            .or_default() += 1;
         self.report.applied.push(key.to_string());
         self.taken.insert(key.to_string());
         Ok(Tensor::from_data(data, device))
@@ -238,7 +300,9 @@ impl Checkpoint {
     /// Marks keys as deliberately skipped.
     pub fn ignore(&mut self, key: &str, reason: &str) {
         if self.contains(key) && self.taken.insert(key.to_string()) {
-            self.report.ignored.push((key.to_string(), reason.to_string()));
+            self.report
+                .ignored
+                .push((key.to_string(), reason.to_string()));
         }
     }
 
@@ -255,11 +319,23 @@ impl Checkpoint {
     pub fn finish(mut self) -> Result<LoadReport> {
         let unused = self.unused();
         if !unused.is_empty() {
-            return Err(Error::Keys { dir: self.dir.clone(), missing: vec![], unused });
+            return Err(Error::Keys {
+                dir: self.dir.clone(),
+                missing: vec![],
+                unused,
+            });
         }
-        let skipped: Vec<String> = self.entries.keys().filter(|k| !self.taken.contains(*k)).cloned().collect();
+        let skipped: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|k| !self.taken.contains(*k))
+            .cloned()
+            .collect();
         for key in skipped {
-            let reason = IGNORED_SUFFIXES.iter().find(|(s, _)| key.ends_with(s)).map_or("", |(_, r)| r);
+            let reason = IGNORED_SUFFIXES
+                .iter()
+                .find(|(s, _)| key.ends_with(s))
+                .map_or("", |(_, r)| r);
             self.report.ignored.push((key, reason.to_string()));
         }
         Ok(self.report)
@@ -278,17 +354,31 @@ impl Checkpoint {
         let expected = expected_keys(config, model_prefix, lm_head_key);
         self.require(&expected)?;
         if config.tie_word_embeddings {
-            self.ignore(lm_head_key, "tie_word_embeddings: lm_head is model.embed_tokens");
+            self.ignore(
+                lm_head_key,
+                "tie_word_embeddings: lm_head is model.embed_tokens",
+            );
         }
-        let (d, v, m) = (config.hidden_size, config.vocab_size, config.intermediate_size);
-        let (q, kv) = (config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim);
+        let (d, v, m) = (
+            config.hidden_size,
+            config.vocab_size,
+            config.intermediate_size,
+        );
+        let (q, kv) = (
+            config.num_attention_heads * config.head_dim,
+            config.num_key_value_heads * config.head_dim,
+        );
         let p = model_prefix;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let l = format!("{p}layers.{i}.");
             let mut lin = |name: &str, i: usize, o: usize, bias: bool| -> Result<_> {
                 let w = self.take::<B, 2>(&format!("{l}{name}.weight"), [o, i], device)?;
-                let b = if bias { Some(self.take::<B, 1>(&format!("{l}{name}.bias"), [o], device)?) } else { None };
+                let b = if bias {
+                    Some(self.take::<B, 1>(&format!("{l}{name}.bias"), [o], device)?)
+                } else {
+                    None
+                };
                 Ok(linear_from_hf(w, b))
             };
             let (ab, mb) = (config.attention_bias, config.mlp_bias);
@@ -306,22 +396,39 @@ impl Checkpoint {
                 up_proj: lin("mlp.up_proj", d, m, mb)?,
                 down_proj: lin("mlp.down_proj", m, d, mb)?,
             };
-            let input_layernorm = self.take_rms::<B>(&format!("{l}input_layernorm.weight"), config, device)?;
-            let post_attention_layernorm =
-                self.take_rms::<B>(&format!("{l}post_attention_layernorm.weight"), config, device)?;
-            self.ignore(&format!("{l}self_attn.rotary_emb.inv_freq"), IGNORED_SUFFIXES[0].1);
-            layers.push(DecoderLayer { self_attn, mlp, input_layernorm, post_attention_layernorm });
+            let input_layernorm =
+                self.take_rms::<B>(&format!("{l}input_layernorm.weight"), config, device)?;
+            let post_attention_layernorm = self.take_rms::<B>(
+                &format!("{l}post_attention_layernorm.weight"),
+                config,
+                device,
+            )?;
+            self.ignore(
+                &format!("{l}self_attn.rotary_emb.inv_freq"),
+                IGNORED_SUFFIXES[0].1,
+            );
+            layers.push(DecoderLayer {
+                self_attn,
+                mlp,
+                input_layernorm,
+                post_attention_layernorm,
+            });
         }
         let embed = self.take::<B, 2>(&format!("{p}embed_tokens.weight"), [v, d], device)?;
         let norm = self.take_rms::<B>(&format!("{p}norm.weight"), config, device)?;
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            Some(linear_from_hf(self.take::<B, 2>(lm_head_key, [v, d], device)?, None))
+            Some(linear_from_hf(
+                self.take::<B, 2>(lm_head_key, [v, d], device)?,
+                None,
+            ))
         };
         Ok(LlamaForCausalLM {
             model: LlamaModel {
-                embed_tokens: Embedding { weight: Param::from_tensor(embed) },
+                embed_tokens: Embedding {
+                    weight: Param::from_tensor(embed),
+                },
                 layers,
                 norm,
                 inv_freq: rope_inv_freq(config),
@@ -331,9 +438,17 @@ impl Checkpoint {
         })
     }
 
-    fn take_rms<B: Backend>(&mut self, key: &str, config: &DecoderConfig, device: &B::Device) -> Result<RmsNorm<B>> {
+    fn take_rms<B: Backend>(
+        &mut self,
+        key: &str,
+        config: &DecoderConfig,
+        device: &B::Device,
+    ) -> Result<RmsNorm<B>> {
         let gamma = self.take::<B, 1>(key, [config.hidden_size], device)?;
-        Ok(RmsNorm { gamma: Param::from_tensor(gamma), epsilon: config.rms_norm_eps })
+        Ok(RmsNorm {
+            gamma: Param::from_tensor(gamma),
+            epsilon: config.rms_norm_eps,
+        })
     }
 }
 
@@ -388,7 +503,11 @@ pub fn load_llm<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedLlm<
     // Report missing and unused keys together, before reading any tensor.
     let expected = expected_keys(&config, "model.", "lm_head.weight");
     let expected_set: BTreeSet<&str> = expected.iter().map(String::as_str).collect();
-    let missing: Vec<String> = expected.iter().filter(|k| !ckpt.contains(k)).cloned().collect();
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|k| !ckpt.contains(k))
+        .cloned()
+        .collect();
     let unused: Vec<String> = ckpt
         .keys()
         .filter(|k| !expected_set.contains(k))
@@ -397,12 +516,20 @@ pub fn load_llm<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedLlm<
         .map(String::from)
         .collect();
     if !missing.is_empty() || !unused.is_empty() {
-        return Err(Error::Keys { dir: dir.to_path_buf(), missing, unused });
+        return Err(Error::Keys {
+            dir: dir.to_path_buf(),
+            missing,
+            unused,
+        });
     }
     let model = ckpt.take_llm(&config, "model.", "lm_head.weight", device)?;
     let report = ckpt.finish()?;
     tracing::info!(dir = %dir.display(), "{report}");
-    Ok(LoadedLlm { model, config, report })
+    Ok(LoadedLlm {
+        model,
+        config,
+        report,
+    })
 }
 
 /// The `config.json` text of a decoder config, in the transformers layout (`rope_theta` at the top
@@ -415,8 +542,15 @@ pub fn hf_config_json(config: &DecoderConfig) -> serde_json::Value {
     };
     let rope_scaling = match config.rope_scaling {
         RopeScaling::None => serde_json::Value::Null,
-        RopeScaling::Linear { factor } => serde_json::json!({"rope_type": "linear", "factor": factor}),
-        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+        RopeScaling::Linear { factor } => {
+            serde_json::json!({"rope_type": "linear", "factor": factor})
+        }
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => {
             serde_json::json!({"rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
                 "high_freq_factor": high_freq_factor,
                 "original_max_position_embeddings": original_max_position_embeddings})
@@ -461,28 +595,49 @@ pub fn hf_tensors<B: Backend>(model: &LlamaForCausalLM<B>) -> Vec<(String, Vec<u
         (shape, data.to_vec::<f32>().unwrap_or_default())
     }
     let mut out = Vec::new();
-    let mut push = |key: String, (shape, data): (Vec<usize>, Vec<f32>)| out.push((key, shape, data));
-    let linear = |push: &mut dyn FnMut(String, (Vec<usize>, Vec<f32>)), key: &str, l: &burn::nn::Linear<B>| {
+    let mut push =
+        |key: String, (shape, data): (Vec<usize>, Vec<f32>)| out.push((key, shape, data));
+    let linear = |push: &mut dyn FnMut(String, (Vec<usize>, Vec<f32>)),
+                  key: &str,
+                  l: &burn::nn::Linear<B>| {
         push(format!("{key}.weight"), vec(l.weight.val().transpose()));
         if let Some(b) = &l.bias {
             push(format!("{key}.bias"), vec(b.val()));
         }
     };
     let m = &model.model;
-    push("model.embed_tokens.weight".into(), vec(m.embed_tokens.weight.val()));
+    push(
+        "model.embed_tokens.weight".into(),
+        vec(m.embed_tokens.weight.val()),
+    );
     push("model.norm.weight".into(), vec(m.norm.gamma.val()));
     for (i, layer) in m.layers.iter().enumerate() {
         let p = format!("model.layers.{i}");
         let a = &layer.self_attn;
-        for (name, l) in [("q_proj", &a.q_proj), ("k_proj", &a.k_proj), ("v_proj", &a.v_proj), ("o_proj", &a.o_proj)] {
+        for (name, l) in [
+            ("q_proj", &a.q_proj),
+            ("k_proj", &a.k_proj),
+            ("v_proj", &a.v_proj),
+            ("o_proj", &a.o_proj),
+        ] {
             linear(&mut push, &format!("{p}.self_attn.{name}"), l);
         }
         let mlp = &layer.mlp;
-        for (name, l) in [("gate_proj", &mlp.gate_proj), ("up_proj", &mlp.up_proj), ("down_proj", &mlp.down_proj)] {
+        for (name, l) in [
+            ("gate_proj", &mlp.gate_proj),
+            ("up_proj", &mlp.up_proj),
+            ("down_proj", &mlp.down_proj),
+        ] {
             linear(&mut push, &format!("{p}.mlp.{name}"), l);
         }
-        push(format!("{p}.input_layernorm.weight"), vec(layer.input_layernorm.gamma.val()));
-        push(format!("{p}.post_attention_layernorm.weight"), vec(layer.post_attention_layernorm.gamma.val()));
+        push(
+            format!("{p}.input_layernorm.weight"),
+            vec(layer.input_layernorm.gamma.val()),
+        );
+        push(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec(layer.post_attention_layernorm.gamma.val()),
+        );
     }
     if let Some(head) = &model.lm_head {
         linear(&mut push, "lm_head", head);
@@ -494,26 +649,44 @@ pub fn hf_tensors<B: Backend>(model: &LlamaForCausalLM<B>) -> Vec<(String, Vec<u
 pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
-        .map(|(k, s, v)| (k.clone(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .map(|(k, s, v)| {
+            (
+                k.clone(),
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
         .collect();
     let views = bytes
         .iter()
         .map(|(k, s, b)| {
             safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)
                 .map(|v| (k.clone(), v))
-                .map_err(|e| Error::Safetensors { path: path.to_path_buf(), message: e.to_string() })
+                .map_err(|e| Error::Safetensors {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })
         })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(views, None, path)
-        .map_err(|e| Error::Safetensors { path: path.to_path_buf(), message: e.to_string() })
+    safetensors::serialize_to_file(views, None, path).map_err(|e| Error::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 /// Saves a model as an HF directory: `config.json` + `model.safetensors` (f32).
-pub fn save_llm<B: Backend>(model: &LlamaForCausalLM<B>, config: &DecoderConfig, dir: &Path) -> Result<()> {
+pub fn save_llm<B: Backend>(
+    model: &LlamaForCausalLM<B>,
+    config: &DecoderConfig,
+    dir: &Path,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let cfg_path = dir.join("config.json");
-    let text = serde_json::to_string_pretty(&hf_config_json(config))
-        .map_err(|cause| Error::Json { path: cfg_path.clone(), cause })?;
+    let text =
+        serde_json::to_string_pretty(&hf_config_json(config)).map_err(|cause| Error::Json {
+            path: cfg_path.clone(),
+            cause,
+        })?;
     std::fs::write(&cfg_path, text).map_err(|e| Error::io(&cfg_path, e))?;
     write_safetensors(&dir.join("model.safetensors"), &hf_tensors(model))
 }
@@ -546,7 +719,10 @@ mod tests {
     }
 
     fn ids() -> Tensor<B, 2, Int> {
-        Tensor::from_data(TensorData::new(vec![1i32, 5, 7, 30, 2], [1, 5]), &Default::default())
+        Tensor::from_data(
+            TensorData::new(vec![1i32, 5, 7, 30, 2], [1, 5]),
+            &Default::default(),
+        )
     }
 
     #[test]
@@ -558,9 +734,16 @@ mod tests {
         save_llm(&model, &cfg, &dir).unwrap();
         let loaded = load_llm::<B>(&dir, &device).unwrap();
         assert_eq!(loaded.config, cfg);
-        assert_eq!(loaded.report.applied.len(), expected_keys(&cfg, "model.", "lm_head.weight").len());
+        assert_eq!(
+            loaded.report.applied.len(),
+            expected_keys(&cfg, "model.", "lm_head.weight").len()
+        );
         assert!(loaded.report.to_string().contains("0 missing, 0 unused"));
-        loaded.model.forward(ids()).into_data().assert_approx_eq::<f32>(&model.forward(ids()).into_data(), Tolerance::absolute(1e-6));
+        loaded
+            .model
+            .forward(ids())
+            .into_data()
+            .assert_approx_eq::<f32>(&model.forward(ids()).into_data(), Tolerance::absolute(1e-6));
     }
 
     fn rewrite(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) {
@@ -576,13 +759,29 @@ mod tests {
         let dir = tmp("keys");
         rewrite(&dir, |t| {
             t.retain(|(k, _, _)| k != "model.layers.1.mlp.up_proj.weight" && k != "lm_head.weight");
-            t.push(("model.layers.1.mlp.extra.weight".into(), vec![2], vec![0.0, 1.0]));
-            t.push(("model.layers.0.self_attn.rotary_emb.inv_freq".into(), vec![2], vec![1.0, 0.1]));
+            t.push((
+                "model.layers.1.mlp.extra.weight".into(),
+                vec![2],
+                vec![0.0, 1.0],
+            ));
+            t.push((
+                "model.layers.0.self_attn.rotary_emb.inv_freq".into(),
+                vec![2],
+                vec![1.0, 0.1],
+            ));
         });
         let err = load_llm::<B>(&dir, &Default::default()).unwrap_err();
         match &err {
-            Error::Keys { missing, unused, .. } => {
-                assert_eq!(missing, &vec!["model.layers.1.mlp.up_proj.weight".to_string(), "lm_head.weight".into()]);
+            Error::Keys {
+                missing, unused, ..
+            } => {
+                assert_eq!(
+                    missing,
+                    &vec![
+                        "model.layers.1.mlp.up_proj.weight".to_string(),
+                        "lm_head.weight".into()
+                    ]
+                );
                 assert_eq!(unused, &vec!["model.layers.1.mlp.extra.weight".to_string()]);
             }
             other => panic!("expected a key error, got {other}"),
@@ -593,7 +792,13 @@ mod tests {
     #[test]
     fn rotary_buffers_are_ignored_and_reported() {
         let dir = tmp("inv_freq");
-        rewrite(&dir, |t| t.push(("model.layers.0.self_attn.rotary_emb.inv_freq".into(), vec![2], vec![1.0, 0.1])));
+        rewrite(&dir, |t| {
+            t.push((
+                "model.layers.0.self_attn.rotary_emb.inv_freq".into(),
+                vec![2],
+                vec![1.0, 0.1],
+            ))
+        });
         let loaded = load_llm::<B>(&dir, &Default::default()).unwrap();
         assert_eq!(loaded.report.ignored.len(), 1);
         assert!(loaded.report.ignored[0].0.ends_with("rotary_emb.inv_freq"));
@@ -603,11 +808,17 @@ mod tests {
     fn wrong_shape_names_the_tensor() {
         let dir = tmp("shape");
         rewrite(&dir, |t| {
-            let e = t.iter_mut().find(|(k, _, _)| k == "model.norm.weight").unwrap();
+            let e = t
+                .iter_mut()
+                .find(|(k, _, _)| k == "model.norm.weight")
+                .unwrap();
             *e = (e.0.clone(), vec![8], vec![1.0; 8]);
         });
         let err = load_llm::<B>(&dir, &Default::default()).unwrap_err();
-        assert!(err.to_string().contains("model.norm.weight") && err.to_string().contains("[8]"), "{err}");
+        assert!(
+            err.to_string().contains("model.norm.weight") && err.to_string().contains("[8]"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -626,9 +837,17 @@ mod tests {
         let err = Checkpoint::open(Path::new("/nonexistent/model")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/model"), "{err}");
         let dir = tmp("corrupt");
-        std::fs::write(dir.join("model.safetensors"), b"\x05\x00\x00\x00\x00\x00\x00\x00{bad}").unwrap();
+        std::fs::write(
+            dir.join("model.safetensors"),
+            b"\x05\x00\x00\x00\x00\x00\x00\x00{bad}",
+        )
+        .unwrap();
         let err = Checkpoint::open(&dir).unwrap_err();
-        assert!(err.to_string().contains("model.safetensors") && err.to_string().contains("not a valid safetensors"), "{err}");
+        assert!(
+            err.to_string().contains("model.safetensors")
+                && err.to_string().contains("not a valid safetensors"),
+            "{err}"
+        );
     }
 
     #[test]

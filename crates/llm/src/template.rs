@@ -25,7 +25,8 @@ pub enum Role {
 }
 
 /// vicuna_v1's system prompt.
-pub const VICUNA_SYSTEM: &str = "A chat between a curious user and an artificial intelligence assistant. \
+pub const VICUNA_SYSTEM: &str =
+    "A chat between a curious user and an artificial intelligence assistant. \
 The assistant gives helpful, detailed, and polite answers to the user's questions.";
 
 impl Template {

@@ -21,7 +21,9 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer").field("path", &self.path).finish()
+        f.debug_struct("Tokenizer")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -29,7 +31,10 @@ impl Tokenizer {
     /// Loads `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         if !path.is_file() {
-            return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no tokenizer.json")));
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no tokenizer.json"),
+            ));
         }
         let parse = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
             path: path.to_path_buf(),
@@ -37,27 +42,46 @@ impl Tokenizer {
         })?;
         let mut literal = parse.clone();
         literal.set_encode_special_tokens(true);
-        Ok(Self { parse, literal, path: path.to_path_buf() })
+        Ok(Self {
+            parse,
+            literal,
+            path: path.to_path_buf(),
+        })
     }
 
     fn err(&self, e: tokenizers::Error) -> Error {
-        Error::Tokenizer { path: self.path.clone(), message: e.to_string() }
+        Error::Tokenizer {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
     }
 
     /// Encodes like HF tokenizers: special tokens in `text` are recognised; BOS is added by the
     /// tokenizer's post-processor when `add_bos`.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
-        Ok(self.parse.encode(text, add_bos).map_err(|e| self.err(e))?.get_ids().to_vec())
+        Ok(self
+            .parse
+            .encode(text, add_bos)
+            .map_err(|e| self.err(e))?
+            .get_ids()
+            .to_vec())
     }
 
     /// Encodes like SentencePiece: special-token strings in `text` are ordinary text.
     pub fn encode_literal(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
-        Ok(self.literal.encode(text, add_bos).map_err(|e| self.err(e))?.get_ids().to_vec())
+        Ok(self
+            .literal
+            .encode(text, add_bos)
+            .map_err(|e| self.err(e))?
+            .get_ids()
+            .to_vec())
     }
 
     /// Decodes ids to text, dropping special tokens when `skip_special`.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.parse.decode(ids, skip_special).map_err(|e| self.err(e))
+        self.parse
+            .decode(ids, skip_special)
+            .map_err(|e| self.err(e))
     }
 
     /// Vocabulary size including added tokens.

@@ -22,18 +22,31 @@ struct Goldens {
 
 impl Goldens {
     fn load() -> Self {
-        Self { bytes: std::fs::read(golden_dir().join("llm_goldens.safetensors")).unwrap() }
+        Self {
+            bytes: std::fs::read(golden_dir().join("llm_goldens.safetensors")).unwrap(),
+        }
     }
     fn f32(&self, key: &str) -> (Vec<f32>, Vec<usize>) {
         let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        let t = st.tensor(key).unwrap_or_else(|_| panic!("golden {key} missing"));
-        let v = t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        let t = st
+            .tensor(key)
+            .unwrap_or_else(|_| panic!("golden {key} missing"));
+        let v = t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
         (v, t.shape().to_vec())
     }
     fn i64(&self, key: &str) -> Vec<i64> {
         let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        let t = st.tensor(key).unwrap_or_else(|_| panic!("golden {key} missing"));
-        t.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
+        let t = st
+            .tensor(key)
+            .unwrap_or_else(|_| panic!("golden {key} missing"));
+        t.data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect()
     }
 }
 
@@ -42,7 +55,10 @@ fn check_model(kind: &str, expect_files: usize, expect_dtype: &str) {
     let dir = golden_dir().join(format!("tiny-{kind}"));
     let llm = load_llm::<Cpu>(&dir, &device).unwrap();
     assert_eq!(llm.report.files.len(), expect_files, "{}", llm.report);
-    assert_eq!(llm.report.dtypes.keys().collect::<Vec<_>>(), vec![expect_dtype]);
+    assert_eq!(
+        llm.report.dtypes.keys().collect::<Vec<_>>(),
+        vec![expect_dtype]
+    );
     let g = Goldens::load();
     let subset = g.i64("subset_ids");
     for seq in 0..2 {
@@ -67,13 +83,28 @@ fn check_model(kind: &str, expect_files: usize, expect_dtype: &str) {
             let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let ours_lse = m + row.iter().map(|x| (x - m).exp()).sum::<f32>().ln();
             max_diff = max_diff.max((ours_lse - lse[t]).abs());
-            assert_eq!(mmedpo_llm::generate::argmax(row) as i64, argmax[t], "{kind} seq{seq} argmax at {t}");
+            assert_eq!(
+                mmedpo_llm::generate::argmax(row) as i64,
+                argmax[t],
+                "{kind} seq{seq} argmax at {t}"
+            );
         }
         println!("{kind} seq{seq} (len {len}): max |Δ| = {max_diff:e}");
-        assert!(max_diff <= 1e-4, "{kind} seq{seq}: max |Δlogit| = {max_diff}");
+        assert!(
+            max_diff <= 1e-4,
+            "{kind} seq{seq}: max |Δlogit| = {max_diff}"
+        );
     }
-    let prompt: Vec<u32> = g.i64(&format!("{kind}.greedy.prompt")).iter().map(|&i| i as u32).collect();
-    let want: Vec<u32> = g.i64(&format!("{kind}.greedy.output")).iter().map(|&i| i as u32).collect();
+    let prompt: Vec<u32> = g
+        .i64(&format!("{kind}.greedy.prompt"))
+        .iter()
+        .map(|&i| i as u32)
+        .collect();
+    let want: Vec<u32> = g
+        .i64(&format!("{kind}.greedy.output"))
+        .iter()
+        .map(|&i| i as u32)
+        .collect();
     let config = GenerationConfig {
         max_new_tokens: want.len(),
         sampling: Sampling::Greedy,

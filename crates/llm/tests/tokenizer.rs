@@ -23,7 +23,11 @@ fn goldens() -> serde_json::Value {
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// FNV-1a 64 over the ids as little-endian u32 (as the golden script).
@@ -58,25 +62,42 @@ fn edge_cases_match_sentencepiece_with_and_without_bos() {
             mismatches.push(format!("{text:?} (HF parse mode)"));
         }
     }
-    assert!(mismatches.is_empty(), "{} mismatches: {mismatches:#?}", mismatches.len());
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches: {mismatches:#?}",
+        mismatches.len()
+    );
     assert_eq!(tok.encode("a</s>", false).unwrap().last(), Some(&2));
     assert_eq!(tok.vocab_size(), 32000);
 }
 
 #[test]
 fn every_turn_of_the_mmedpo_preference_files_matches_sentencepiece() {
-    let shared = std::env::var_os("MMEDPO_SHARED_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("../shared"));
+    let shared = std::env::var_os("MMEDPO_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared"));
     let data = shared.join("data");
     if !data.is_dir() {
         if std::env::var_os("MMEDPO_ALLOW_NO_SHARED").is_some() {
-            eprintln!("NOTICE: {} not found; MMEDPO_ALLOW_NO_SHARED is set, shared-data check NOT run", data.display());
+            eprintln!(
+                "NOTICE: {} not found; MMEDPO_ALLOW_NO_SHARED is set, shared-data check NOT run",
+                data.display()
+            );
             return;
         }
-        panic!("{} not found: set MMEDPO_SHARED_DIR to the folder holding data/*_dpo_weighted.json", data.display());
+        panic!(
+            "{} not found: set MMEDPO_SHARED_DIR to the folder holding data/*_dpo_weighted.json",
+            data.display()
+        );
     }
     let tok = tokenizer();
     let g = goldens();
-    let hashes: Vec<&str> = g["shared_hashes"].as_array().unwrap().iter().map(|h| h.as_str().unwrap()).collect();
+    let hashes: Vec<&str> = g["shared_hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap())
+        .collect();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&data)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -86,7 +107,8 @@ fn every_turn_of_the_mmedpo_preference_files_matches_sentencepiece() {
     let mut n = 0;
     let mut mismatches = vec![];
     for path in &files {
-        let items: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let items: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         for item in items.as_array().unwrap() {
             for conv in ["conversations", "rejected_conversations"] {
                 for (t, turn) in item[conv].as_array().unwrap().iter().enumerate() {
@@ -97,7 +119,11 @@ fn every_turn_of_the_mmedpo_preference_files_matches_sentencepiece() {
                         && with_bos.first() == Some(&1)
                         && with_bos[1..] == plain[..];
                     if !ok {
-                        mismatches.push(format!("{} id {} {conv}[{t}]", path.display(), item["id"]));
+                        mismatches.push(format!(
+                            "{} id {} {conv}[{t}]",
+                            path.display(),
+                            item["id"]
+                        ));
                     }
                     n += 1;
                 }
@@ -105,6 +131,15 @@ fn every_turn_of_the_mmedpo_preference_files_matches_sentencepiece() {
         }
     }
     println!("{n} strings checked, {} mismatches", mismatches.len());
-    assert_eq!(n, hashes.len(), "the shared data has a different number of turns than the goldens");
-    assert!(mismatches.is_empty(), "{} mismatches, first: {:?}", mismatches.len(), &mismatches[..mismatches.len().min(10)]);
+    assert_eq!(
+        n,
+        hashes.len(),
+        "the shared data has a different number of turns than the goldens"
+    );
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches, first: {:?}",
+        mismatches.len(),
+        &mismatches[..mismatches.len().min(10)]
+    );
 }

@@ -90,7 +90,9 @@ macro_rules! on_backend {
                 $body
             }
             #[allow(unreachable_patterns)]
-            other => bail!("backend {other:?} is not compiled into this binary (features ndarray / cuda)"),
+            other => bail!(
+                "backend {other:?} is not compiled into this binary (features ndarray / cuda)"
+            ),
         }
     }};
 }
@@ -98,10 +100,24 @@ macro_rules! on_backend {
 /// Runs `mmedpo bench`.
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.what {
-        What::Llm { prompt_len, new_tokens, batch, reps, backend } => {
-            on_backend!(backend, |B, device| bench_llm::<B>(&device, prompt_len, new_tokens, batch, reps, backend))
+        What::Llm {
+            prompt_len,
+            new_tokens,
+            batch,
+            reps,
+            backend,
+        } => {
+            on_backend!(backend, |B, device| bench_llm::<B>(
+                &device, prompt_len, new_tokens, batch, reps, backend
+            ))
         }
-        What::Matmul { size, reps, backend } => on_backend!(backend, |B, device| bench_matmul::<B>(&device, size, reps, backend)),
+        What::Matmul {
+            size,
+            reps,
+            backend,
+        } => on_backend!(backend, |B, device| bench_matmul::<B>(
+            &device, size, reps, backend
+        )),
     }
 }
 
@@ -118,8 +134,13 @@ fn bench_llm<B: Backend>(
     }
     let config = DecoderConfig::mistral_100m();
     let model = config.init::<B>(device);
-    let prompts: Vec<Vec<u32>> =
-        (0..batch).map(|b| (0..prompt_len).map(|i| 3 + ((i * 7919 + b * 104_729) % 31_000) as u32).collect()).collect();
+    let prompts: Vec<Vec<u32>> = (0..batch)
+        .map(|b| {
+            (0..prompt_len)
+                .map(|i| 3 + ((i * 7919 + b * 104_729) % 31_000) as u32)
+                .collect()
+        })
+        .collect();
     let gen = GenerationConfig {
         max_new_tokens: new_tokens,
         sampling: Sampling::Greedy,
@@ -152,7 +173,12 @@ fn bench_llm<B: Backend>(
     Ok(())
 }
 
-fn bench_matmul<B: Backend>(device: &B::Device, size: usize, reps: usize, backend: BenchBackend) -> Result<()> {
+fn bench_matmul<B: Backend>(
+    device: &B::Device,
+    size: usize,
+    reps: usize,
+    backend: BenchBackend,
+) -> Result<()> {
     let a = Tensor::<B, 2>::random([size, size], Distribution::Normal(0.0, 1.0), device);
     let b = Tensor::<B, 2>::random([size, size], Distribution::Normal(0.0, 1.0), device);
     let check = a.clone().matmul(b.clone()).sum().into_scalar(); // warm-up and sync
@@ -162,7 +188,13 @@ fn bench_matmul<B: Backend>(device: &B::Device, size: usize, reps: usize, backen
     }
     let secs = start.elapsed().as_secs_f64() / reps as f64;
     let gflops = 2.0 * (size as f64).powi(3) / secs / 1e9;
-    println!("{backend:?}: {size}x{size} matmul {:.2} ms, {gflops:.1} GFLOP/s (checksum {check:?})", secs * 1e3);
-    println!("{}", serde_json::json!({"bench": "matmul", "backend": format!("{backend:?}"), "size": size, "ms": secs * 1e3, "gflops": gflops}));
+    println!(
+        "{backend:?}: {size}x{size} matmul {:.2} ms, {gflops:.1} GFLOP/s (checksum {check:?})",
+        secs * 1e3
+    );
+    println!(
+        "{}",
+        serde_json::json!({"bench": "matmul", "backend": format!("{backend:?}"), "size": size, "ms": secs * 1e3, "gflops": gflops})
+    );
     Ok(())
 }

@@ -50,17 +50,27 @@ pub struct GenerateArgs {
 
 /// Runs `mmedpo generate`.
 pub fn run(args: GenerateArgs) -> Result<()> {
-    with_backend!(args.device, args.dtype, |B, device| run_on::<B>(&args, &device))
+    with_backend!(args.device, args.dtype, |B, device| run_on::<B>(
+        &args, &device
+    ))
 }
 
 fn run_on<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
     if !args.model.is_dir() {
         bail!("{}: model directory not found", args.model.display());
     }
-    let template = args.template.as_deref().map(Template::from_name).transpose()?;
-    let tok_path = args.tokenizer.clone().unwrap_or_else(|| args.model.join("tokenizer.json"));
+    let template = args
+        .template
+        .as_deref()
+        .map(Template::from_name)
+        .transpose()?;
+    let tok_path = args
+        .tokenizer
+        .clone()
+        .unwrap_or_else(|| args.model.join("tokenizer.json"));
     let tokenizer = Tokenizer::from_file(&tok_path)?;
-    let llm = load_llm::<B>(&args.model, device).with_context(|| format!("loading {}", args.model.display()))?;
+    let llm = load_llm::<B>(&args.model, device)
+        .with_context(|| format!("loading {}", args.model.display()))?;
     if tokenizer.vocab_size() != llm.config.vocab_size {
         bail!(
             "{}: tokenizer has {} tokens but {} has vocab_size {}; pass the model's own tokenizer with --tokenizer",
@@ -77,7 +87,11 @@ fn run_on<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
     let prompt = tokenizer.encode(&text, true)?;
     let sampling = match args.temperature {
         None => Sampling::Greedy,
-        Some(temperature) => Sampling::Sample { temperature, top_p: args.top_p, seed: args.seed },
+        Some(temperature) => Sampling::Sample {
+            temperature,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
     };
     let config = GenerationConfig {
         max_new_tokens: args.max_new_tokens,

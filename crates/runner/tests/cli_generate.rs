@@ -11,7 +11,11 @@ fn root() -> PathBuf {
 }
 
 fn mmedpo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmedpo")).args(args).env("RUST_LOG", "warn").output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_mmedpo"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -29,7 +33,11 @@ fn model_dir(name: &str) -> PathBuf {
         let p = e.unwrap().path();
         std::fs::copy(&p, d.join(p.file_name().unwrap())).unwrap();
     }
-    std::fs::copy(root().join("models/mistral-tokenizer/tokenizer.json"), d.join("tokenizer.json")).unwrap();
+    std::fs::copy(
+        root().join("models/mistral-tokenizer/tokenizer.json"),
+        d.join("tokenizer.json"),
+    )
+    .unwrap();
     d
 }
 
@@ -42,13 +50,27 @@ fn generate_prints_json_and_is_deterministic() {
     let dir = model_dir("json");
     let d = dir.to_str().unwrap();
     let run = |extra: &[&str]| {
-        let mut args = vec!["generate", "--model", d, "--prompt", "The chest X-ray shows", "--max-new-tokens", "6", "--json"];
+        let mut args = vec![
+            "generate",
+            "--model",
+            d,
+            "--prompt",
+            "The chest X-ray shows",
+            "--max-new-tokens",
+            "6",
+            "--json",
+        ];
         args.extend_from_slice(extra);
         let out = mmedpo(&args);
         assert!(out.status.success(), "{}", stderr(&out));
         let stdout = String::from_utf8(out.stdout).unwrap();
         let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-        let ids: Vec<u64> = last["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        let ids: Vec<u64> = last["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
         assert!(last["text"].is_string());
         ids
     };
@@ -66,23 +88,42 @@ fn bad_inputs_fail_with_a_message_naming_the_problem() {
     let dir = model_dir("bad");
     let d = dir.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--model", "/no/such/dir", "--prompt", "x"], "/no/such/dir: model directory not found"),
-        (vec!["--model", d, "--prompt", "x", "--template", "chatml"], "vicuna_v1"),
-        (vec!["--model", d, "--prompt", "x", "--temperature", "0"], "temperature must be > 0"),
+        (
+            vec!["--model", "/no/such/dir", "--prompt", "x"],
+            "/no/such/dir: model directory not found",
+        ),
+        (
+            vec!["--model", d, "--prompt", "x", "--template", "chatml"],
+            "vicuna_v1",
+        ),
+        (
+            vec!["--model", d, "--prompt", "x", "--temperature", "0"],
+            "temperature must be > 0",
+        ),
     ];
     for (args, want) in cases {
         let mut all = vec!["generate"];
         all.extend(args);
         let out = mmedpo(&all);
         assert!(!out.status.success());
-        assert!(stderr(&out).contains(want), "wanted {want:?} in {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(want),
+            "wanted {want:?} in {}",
+            stderr(&out)
+        );
     }
     // A config of an unsupported architecture.
-    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("\"mistral\"", "\"gemma\"");
+    let cfg = std::fs::read_to_string(dir.join("config.json"))
+        .unwrap()
+        .replace("\"mistral\"", "\"gemma\"");
     std::fs::write(dir.join("config.json"), cfg).unwrap();
     let out = mmedpo(&["generate", "--model", d, "--prompt", "x"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("model_type = gemma"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("model_type = gemma"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -99,10 +140,25 @@ fn a_tokenizer_that_disagrees_with_the_model_is_refused() {
         ..DecoderConfig::mistral_100m()
     };
     save_llm(&config.init::<Cpu>(&Default::default()), &config, &dir).unwrap();
-    std::fs::copy(root().join("models/mistral-tokenizer/tokenizer.json"), dir.join("tokenizer.json")).unwrap();
-    let out = mmedpo(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "x"]);
+    std::fs::copy(
+        root().join("models/mistral-tokenizer/tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
+    let out = mmedpo(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "x",
+    ]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("tokenizer has 32000 tokens") && stderr(&out).contains("vocab_size 64"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("tokenizer has 32000 tokens")
+            && stderr(&out).contains("vocab_size 64"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -110,9 +166,23 @@ fn a_pickle_checkpoint_is_refused() {
     let dir = tmp("pickle");
     let cfg = root().join("crates/llm/tests/golden/tiny-mistral/config.json");
     std::fs::copy(cfg, dir.join("config.json")).unwrap();
-    std::fs::copy(root().join("models/mistral-tokenizer/tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    std::fs::copy(
+        root().join("models/mistral-tokenizer/tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
     std::fs::write(dir.join("pytorch_model.bin"), b"pickle").unwrap();
-    let out = mmedpo(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "x"]);
+    let out = mmedpo(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "x",
+    ]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("pytorch_model.bin") && stderr(&out).contains("safetensors"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("pytorch_model.bin") && stderr(&out).contains("safetensors"),
+        "{}",
+        stderr(&out)
+    );
 }

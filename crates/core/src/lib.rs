@@ -1,8 +1,13 @@
 //! # mmedpo-core
 //!
-//! What every other mmedpo crate shares and nothing more: the Burn backend aliases the project runs on.
-//! The preference-record schema joins it with the DPO trainer, so that the trainer and the curation
-//! stages agree on a *file format*, not on each other's code (see ARCHITECTURE.md).
+//! What every other mmedpo crate shares: the Burn backend aliases, strict safetensors checkpoint
+//! loading ([`checkpoint::Checkpoint`]), and the MMedPO preference-record schema ([`record`]), so
+//! that the trainer and the curation stages agree on a *file format*, not on each other's code.
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod checkpoint;
+pub mod error;
+pub mod record;
+
+pub use error::{Error, Result};

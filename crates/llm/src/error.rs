@@ -35,43 +35,9 @@ pub enum Error {
         /// What is supported.
         expected: String,
     },
-    /// A safetensors file is malformed.
-    #[error("{path}: not a valid safetensors file: {message}")]
-    Safetensors {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-    /// A checkpoint in a format we refuse to read.
-    #[error("{path}: {message}")]
-    UnsupportedCheckpoint {
-        /// The offending file or directory.
-        path: PathBuf,
-        /// What to do instead.
-        message: String,
-    },
-    /// The checkpoint's keys do not match the model's parameters.
-    #[error("{dir}: checkpoint does not match the model: {} missing key(s) [{}], {} unused key(s) [{}]",
-        missing.len(), preview(missing), unused.len(), preview(unused))]
-    Keys {
-        /// The checkpoint.
-        dir: PathBuf,
-        /// Parameters the checkpoint lacks.
-        missing: Vec<String>,
-        /// Tensors in the checkpoint no parameter takes.
-        unused: Vec<String>,
-    },
-    /// A tensor has the wrong shape or a dtype we cannot read.
-    #[error("{path}: tensor {key}: {message}")]
-    Tensor {
-        /// The file holding it.
-        path: PathBuf,
-        /// The tensor's key.
-        key: String,
-        /// What is wrong.
-        message: String,
-    },
+    /// A checkpoint problem (missing/unused keys, bad shapes, unreadable files).
+    #[error(transparent)]
+    Checkpoint(#[from] mmedpo_core::Error),
     /// The tokenizer could not be loaded or used.
     #[error("{path}: tokenizer: {message}")]
     Tokenizer {
@@ -83,20 +49,6 @@ pub enum Error {
     /// A generation request is malformed (empty prompt, bad sampling values, ...).
     #[error("invalid generation request: {0}")]
     Generation(String),
-}
-
-fn preview(keys: &[String]) -> String {
-    const SHOW: usize = 8;
-    let mut s = keys
-        .iter()
-        .take(SHOW)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
-    if keys.len() > SHOW {
-        s.push_str(&format!(", ... {} more", keys.len() - SHOW));
-    }
-    s
 }
 
 impl Error {

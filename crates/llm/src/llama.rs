@@ -16,7 +16,7 @@
 //! The training forward ([`LlamaForCausalLM::forward`]) is pure: full-sequence logits, no cache. The
 //! generation path passes an explicit [`KvCache`] owned by the caller (see `generate.rs`).
 
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::nn::{
     Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig,
 };
@@ -500,14 +500,6 @@ impl<B: Backend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         self.down_proj
             .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
-    }
-}
-
-/// Builds a `Linear` from an HF weight `[d_out, d_in]` (and bias).
-pub fn linear_from_hf<B: Backend>(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Linear<B> {
-    Linear {
-        weight: Param::from_tensor(weight.transpose()),
-        bias: bias.map(Param::from_tensor),
     }
 }
 

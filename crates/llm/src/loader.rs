@@ -1,462 +1,124 @@
-//! Strict loading of Hugging Face safetensors checkpoints.
-//!
-//! [`Checkpoint`] opens a model directory: `model.safetensors`, or the shards listed in
-//! `model.safetensors.index.json`; f32, f16 and bf16 tensors (converted to the backend's float type).
-//! PyTorch pickles (`*.bin`) are refused with the command that converts them.
-//!
-//! Loading is strict: every parameter the config implies must be present with the right shape, and
-//! every tensor in the files must be taken by some parameter, except the named allow-list
-//! [`IGNORED_SUFFIXES`]. Missing and unused keys are reported together in one [`Error::Keys`]; the
-//! model is never left with random weights. A [`LoadReport`] lists what was applied and ignored.
+//! Loading and saving Llama/Mistral checkpoints in the Hugging Face layout.
 //!
 //! Key map (HF → Burn), the only remaps: `Linear.weight` is transposed (`[out, in]` → `[in, out]`),
 //! `RmsNorm.weight` becomes `gamma`, and with `tie_word_embeddings` there is no `lm_head`.
-//! Components of a larger checkpoint (LLaVA) take their keys under a prefix
-//! ([`Checkpoint::take_llm`]) and the caller closes with [`Checkpoint::finish`].
+//! The strict safetensors machinery ([`Checkpoint`]) lives in `mmedpo-core`; components of a larger
+//! checkpoint (LLaVA) take the decoder under a prefix with [`take_llm`] and the caller closes with
+//! [`Checkpoint::finish`].
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::path::Path;
 
 use burn::module::Param;
-use burn::nn::{Embedding, RmsNorm};
+use burn::nn::Embedding;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorData};
-use safetensors::{Dtype, SafeTensors};
-use serde::Deserialize;
+use burn::tensor::Tensor;
+pub use mmedpo_core::checkpoint::{write_safetensors, Checkpoint, LoadReport, IGNORED_SUFFIXES};
 
 use crate::config::{DecoderConfig, HfConfig};
 use crate::error::{Error, Result};
-use crate::llama::{
-    linear_from_hf, rope_inv_freq, Attention, DecoderLayer, LlamaForCausalLM, LlamaModel, Mlp,
-};
+use crate::llama::{rope_inv_freq, Attention, DecoderLayer, LlamaForCausalLM, LlamaModel, Mlp};
 
-/// Checkpoint tensors that are derived buffers, not parameters, and are skipped on purpose.
-pub const IGNORED_SUFFIXES: &[(&str, &str)] = &[(
-    "rotary_emb.inv_freq",
-    "RoPE buffer, recomputed from config.json",
-)];
-
-/// What a load did.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct LoadReport {
-    /// Keys loaded into parameters.
-    pub applied: Vec<String>,
-    /// Keys deliberately skipped, with the reason.
-    pub ignored: Vec<(String, String)>,
-    /// The safetensors files read.
-    pub files: Vec<PathBuf>,
-    /// Number of tensors per on-disk dtype.
-    pub dtypes: BTreeMap<String, usize>,
-}
-
-impl std::fmt::Display for LoadReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let dtypes: Vec<String> = self
-            .dtypes
-            .iter()
-            .map(|(d, n)| format!("{n} {d}"))
-            .collect();
-        write!(
-            f,
-            "{} tensors applied from {} file(s) ({}), {} ignored, 0 missing, 0 unused",
-            self.applied.len(),
-            self.files.len(),
-            dtypes.join(", "),
-            self.ignored.len()
-        )
+/// Takes a Llama/Mistral decoder whose `model.*` keys sit under `model_prefix` (e.g. `"model."`,
+/// `"language_model.model."`) and whose head is `lm_head_key` (e.g. `"lm_head.weight"`).
+/// All missing keys are reported together before anything is read.
+pub fn take_llm<B: Backend>(
+    ckpt: &mut Checkpoint,
+    config: &DecoderConfig,
+    model_prefix: &str,
+    lm_head_key: &str,
+    device: &B::Device,
+) -> Result<LlamaForCausalLM<B>> {
+    let expected = expected_keys(config, model_prefix, lm_head_key);
+    ckpt.require(&expected)?;
+    if config.tie_word_embeddings {
+        ckpt.ignore(
+            lm_head_key,
+            "tie_word_embeddings: lm_head is model.embed_tokens",
+        );
     }
-}
-
-#[derive(Deserialize)]
-struct ShardIndex {
-    weight_map: BTreeMap<String, String>,
-}
-
-struct Entry {
-    file: usize,
-    dtype: Dtype,
-    shape: Vec<usize>,
-}
-
-/// An opened safetensors checkpoint (single file or sharded), memory-mapped.
-pub struct Checkpoint {
-    dir: PathBuf,
-    files: Vec<PathBuf>,
-    maps: Vec<memmap2::Mmap>,
-    entries: BTreeMap<String, Entry>,
-    report: LoadReport,
-    taken: BTreeSet<String>,
-}
-
-impl std::fmt::Debug for Checkpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Checkpoint")
-            .field("dir", &self.dir)
-            .field("files", &self.files)
-            .finish()
+    let (d, v, m) = (
+        config.hidden_size,
+        config.vocab_size,
+        config.intermediate_size,
+    );
+    let (q, kv) = (
+        config.num_attention_heads * config.head_dim,
+        config.num_key_value_heads * config.head_dim,
+    );
+    let p = model_prefix;
+    let mut layers = Vec::with_capacity(config.num_hidden_layers);
+    for i in 0..config.num_hidden_layers {
+        let l = format!("{p}layers.{i}.");
+        let mut lin = |name: &str, i: usize, o: usize, bias: bool| {
+            ckpt.take_linear::<B>(&format!("{l}{name}"), i, o, bias, device)
+        };
+        let (ab, mb) = (config.attention_bias, config.mlp_bias);
+        let self_attn = Attention {
+            q_proj: lin("self_attn.q_proj", d, q, ab)?,
+            k_proj: lin("self_attn.k_proj", d, kv, ab)?,
+            v_proj: lin("self_attn.v_proj", d, kv, ab)?,
+            o_proj: lin("self_attn.o_proj", q, d, ab)?,
+            num_heads: config.num_attention_heads,
+            num_kv_heads: config.num_key_value_heads,
+            head_dim: config.head_dim,
+        };
+        let mlp = Mlp {
+            gate_proj: lin("mlp.gate_proj", d, m, mb)?,
+            up_proj: lin("mlp.up_proj", d, m, mb)?,
+            down_proj: lin("mlp.down_proj", m, d, mb)?,
+        };
+        let input_layernorm =
+            take_rms::<B>(ckpt, &format!("{l}input_layernorm.weight"), config, device)?;
+        let post_attention_layernorm = take_rms::<B>(
+            ckpt,
+            &format!("{l}post_attention_layernorm.weight"),
+            config,
+            device,
+        )?;
+        ckpt.ignore(
+            &format!("{l}self_attn.rotary_emb.inv_freq"),
+            IGNORED_SUFFIXES[0].1,
+        );
+        layers.push(DecoderLayer {
+            self_attn,
+            mlp,
+            input_layernorm,
+            post_attention_layernorm,
+        });
     }
-}
-
-fn refuse_pickle(path: &Path) -> Error {
-    Error::UnsupportedCheckpoint {
-        path: path.to_path_buf(),
-        message: "PyTorch pickle checkpoints (.bin) are not read (unpickling can run code); convert it to safetensors once: \
-            python -c \"import sys, transformers as t; m = t.AutoModelForCausalLM.from_pretrained(sys.argv[1]); \
-            m.save_pretrained(sys.argv[2], safe_serialization=True)\" IN_DIR OUT_DIR"
-            .into(),
-    }
-}
-
-impl Checkpoint {
-    /// Opens `model.safetensors` or `model.safetensors.index.json` in `dir` (or `dir` itself when it
-    /// is a `.safetensors` file).
-    pub fn open(dir: &Path) -> Result<Self> {
-        if dir.extension().is_some_and(|e| e == "bin") {
-            return Err(refuse_pickle(dir));
-        }
-        if dir.is_file() && dir.extension().is_some_and(|e| e == "safetensors") {
-            let parent = dir.parent().unwrap_or(Path::new(".")).to_path_buf();
-            return Self::from_files(parent, vec![dir.to_path_buf()]);
-        }
-        if !dir.is_dir() {
-            return Err(Error::io(
-                dir,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory"),
-            ));
-        }
-        let single = dir.join("model.safetensors");
-        let index = dir.join("model.safetensors.index.json");
-        if single.is_file() {
-            return Self::from_files(dir.to_path_buf(), vec![single]);
-        }
-        if index.is_file() {
-            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-            let parsed: ShardIndex = serde_json::from_str(&text).map_err(|cause| Error::Json {
-                path: index.clone(),
-                cause,
-            })?;
-            let shards: BTreeSet<&String> = parsed.weight_map.values().collect();
-            let files = shards.into_iter().map(|s| dir.join(s)).collect();
-            let ckpt = Self::from_files(dir.to_path_buf(), files)?;
-            for (key, shard) in &parsed.weight_map {
-                let in_file = ckpt.entries.get(key).map(|e| &ckpt.files[e.file]);
-                if in_file != Some(&dir.join(shard)) {
-                    return Err(Error::Safetensors {
-                        path: index,
-                        message: format!(
-                            "weight_map puts {key} in {shard}, but that file does not hold it"
-                        ),
-                    });
-                }
-            }
-            return Ok(ckpt);
-        }
-        for pickle in ["pytorch_model.bin", "pytorch_model.bin.index.json"] {
-            if dir.join(pickle).is_file() {
-                return Err(refuse_pickle(&dir.join(pickle)));
-            }
-        }
-        Err(Error::io(
-            &single,
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no model.safetensors or model.safetensors.index.json in this directory",
-            ),
+    let embed = ckpt.take::<B, 2>(&format!("{p}embed_tokens.weight"), [v, d], device)?;
+    let norm = take_rms::<B>(ckpt, &format!("{p}norm.weight"), config, device)?;
+    let lm_head = if config.tie_word_embeddings {
+        None
+    } else {
+        Some(mmedpo_core::checkpoint::linear_from_torch(
+            ckpt.take::<B, 2>(lm_head_key, [v, d], device)?,
+            None,
         ))
-    }
-
-    fn from_files(dir: PathBuf, files: Vec<PathBuf>) -> Result<Self> {
-        let mut maps = Vec::with_capacity(files.len());
-        let mut entries = BTreeMap::new();
-        for (i, path) in files.iter().enumerate() {
-            let file = File::open(path).map_err(|e| Error::io(path, e))?;
-            let map = map_file(&file).map_err(|e| Error::io(path, e))?;
-            let st = SafeTensors::deserialize(&map).map_err(|e| Error::Safetensors {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-            for (name, view) in st.tensors() {
-                let entry = Entry {
-                    file: i,
-                    dtype: view.dtype(),
-                    shape: view.shape().to_vec(),
-                };
-                if entries.insert(name.clone(), entry).is_some() {
-                    return Err(Error::Safetensors {
-                        path: path.clone(),
-                        message: format!("{name} appears in two shards"),
-                    });
-                }
-            }
-            maps.push(map);
-        }
-        let report = LoadReport {
-            files: files.clone(),
-            ..LoadReport::default()
-        };
-        Ok(Self {
-            dir,
-            files,
-            maps,
-            entries,
-            report,
-            taken: BTreeSet::new(),
-        })
-    }
-
-    /// The checkpoint's directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// All tensor keys in the checkpoint.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.entries.keys().map(String::as_str)
-    }
-
-    /// Whether the checkpoint holds `key`.
-    pub fn contains(&self, key: &str) -> bool {
-        self.entries.contains_key(key)
-    }
-
-    /// Checks that every key is present; reports all missing ones at once.
-    pub fn require<S: AsRef<str>>(&self, keys: &[S]) -> Result<()> {
-        let missing: Vec<String> = keys
-            .iter()
-            .map(|k| k.as_ref())
-            .filter(|k| !self.contains(k))
-            .map(String::from)
-            .collect();
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Keys {
-                dir: self.dir.clone(),
-                missing,
-                unused: vec![],
-            })
-        }
-    }
-
-    /// Takes one tensor, checking its shape, converted to the backend's float type.
-    pub fn take<B: Backend, const D: usize>(
-        &mut self,
-        key: &str,
-        shape: [usize; D],
-        device: &B::Device,
-    ) -> Result<Tensor<B, D>> {
-        let entry = self.entries.get(key).ok_or_else(|| Error::Keys {
-            dir: self.dir.clone(),
-            missing: vec![key.to_string()],
-            unused: vec![],
-        })?;
-        let path = &self.files[entry.file];
-        if entry.shape != shape {
-            return Err(Error::Tensor {
-                path: path.clone(),
-                key: key.into(),
-                message: format!(
-                    "shape {:?}, but the config implies {:?}",
-                    entry.shape, shape
-                ),
-            });
-        }
-        let dtype = match entry.dtype {
-            Dtype::F32 => DType::F32,
-            Dtype::F16 => DType::F16,
-            Dtype::BF16 => DType::BF16,
-            other => {
-                return Err(Error::Tensor {
-                    path: path.clone(),
-                    key: key.into(),
-                    message: format!("dtype {other:?} is not supported (f32, f16, bf16 are)"),
-                })
-            }
-        };
-        let st =
-            SafeTensors::deserialize(&self.maps[entry.file]).map_err(|e| Error::Safetensors {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        let view = st.tensor(key).map_err(|e| Error::Safetensors {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        // Convert on the host to the backend's float type: Flex would otherwise keep (and compute
-        // in) bf16/f16 storage.
-        let data = TensorData::from_bytes_vec(view.data().to_vec(), shape, dtype)
-            .convert::<B::FloatElem>();
-        *self
-            .report
-            .dtypes
-            .entry(format!("{:?}", entry.dtype))
-            .or_default() += 1;
-        self.report.applied.push(key.to_string());
-        self.taken.insert(key.to_string());
-        Ok(Tensor::from_data(data, device))
-    }
-
-    /// Marks keys as deliberately skipped.
-    pub fn ignore(&mut self, key: &str, reason: &str) {
-        if self.contains(key) && self.taken.insert(key.to_string()) {
-            self.report
-                .ignored
-                .push((key.to_string(), reason.to_string()));
-        }
-    }
-
-    fn unused(&self) -> Vec<String> {
-        self.entries
-            .keys()
-            .filter(|k| !self.taken.contains(*k))
-            .filter(|k| !IGNORED_SUFFIXES.iter().any(|(s, _)| k.ends_with(s)))
-            .cloned()
-            .collect()
-    }
-
-    /// Ends a load: every tensor must have been taken or ignored.
-    pub fn finish(mut self) -> Result<LoadReport> {
-        let unused = self.unused();
-        if !unused.is_empty() {
-            return Err(Error::Keys {
-                dir: self.dir.clone(),
-                missing: vec![],
-                unused,
-            });
-        }
-        let skipped: Vec<String> = self
-            .entries
-            .keys()
-            .filter(|k| !self.taken.contains(*k))
-            .cloned()
-            .collect();
-        for key in skipped {
-            let reason = IGNORED_SUFFIXES
-                .iter()
-                .find(|(s, _)| key.ends_with(s))
-                .map_or("", |(_, r)| r);
-            self.report.ignored.push((key, reason.to_string()));
-        }
-        Ok(self.report)
-    }
-
-    /// Takes a Llama/Mistral decoder whose `model.*` keys sit under `model_prefix` (e.g. `"model."`,
-    /// `"language_model.model."`) and whose head is `lm_head_key` (e.g. `"lm_head.weight"`).
-    /// All missing keys are reported together before anything is read.
-    pub fn take_llm<B: Backend>(
-        &mut self,
-        config: &DecoderConfig,
-        model_prefix: &str,
-        lm_head_key: &str,
-        device: &B::Device,
-    ) -> Result<LlamaForCausalLM<B>> {
-        let expected = expected_keys(config, model_prefix, lm_head_key);
-        self.require(&expected)?;
-        if config.tie_word_embeddings {
-            self.ignore(
-                lm_head_key,
-                "tie_word_embeddings: lm_head is model.embed_tokens",
-            );
-        }
-        let (d, v, m) = (
-            config.hidden_size,
-            config.vocab_size,
-            config.intermediate_size,
-        );
-        let (q, kv) = (
-            config.num_attention_heads * config.head_dim,
-            config.num_key_value_heads * config.head_dim,
-        );
-        let p = model_prefix;
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for i in 0..config.num_hidden_layers {
-            let l = format!("{p}layers.{i}.");
-            let mut lin = |name: &str, i: usize, o: usize, bias: bool| -> Result<_> {
-                let w = self.take::<B, 2>(&format!("{l}{name}.weight"), [o, i], device)?;
-                let b = if bias {
-                    Some(self.take::<B, 1>(&format!("{l}{name}.bias"), [o], device)?)
-                } else {
-                    None
-                };
-                Ok(linear_from_hf(w, b))
-            };
-            let (ab, mb) = (config.attention_bias, config.mlp_bias);
-            let self_attn = Attention {
-                q_proj: lin("self_attn.q_proj", d, q, ab)?,
-                k_proj: lin("self_attn.k_proj", d, kv, ab)?,
-                v_proj: lin("self_attn.v_proj", d, kv, ab)?,
-                o_proj: lin("self_attn.o_proj", q, d, ab)?,
-                num_heads: config.num_attention_heads,
-                num_kv_heads: config.num_key_value_heads,
-                head_dim: config.head_dim,
-            };
-            let mlp = Mlp {
-                gate_proj: lin("mlp.gate_proj", d, m, mb)?,
-                up_proj: lin("mlp.up_proj", d, m, mb)?,
-                down_proj: lin("mlp.down_proj", m, d, mb)?,
-            };
-            let input_layernorm =
-                self.take_rms::<B>(&format!("{l}input_layernorm.weight"), config, device)?;
-            let post_attention_layernorm = self.take_rms::<B>(
-                &format!("{l}post_attention_layernorm.weight"),
-                config,
-                device,
-            )?;
-            self.ignore(
-                &format!("{l}self_attn.rotary_emb.inv_freq"),
-                IGNORED_SUFFIXES[0].1,
-            );
-            layers.push(DecoderLayer {
-                self_attn,
-                mlp,
-                input_layernorm,
-                post_attention_layernorm,
-            });
-        }
-        let embed = self.take::<B, 2>(&format!("{p}embed_tokens.weight"), [v, d], device)?;
-        let norm = self.take_rms::<B>(&format!("{p}norm.weight"), config, device)?;
-        let lm_head = if config.tie_word_embeddings {
-            None
-        } else {
-            Some(linear_from_hf(
-                self.take::<B, 2>(lm_head_key, [v, d], device)?,
-                None,
-            ))
-        };
-        Ok(LlamaForCausalLM {
-            model: LlamaModel {
-                embed_tokens: Embedding {
-                    weight: Param::from_tensor(embed),
-                },
-                layers,
-                norm,
-                inv_freq: rope_inv_freq(config),
-                sliding_window: config.sliding_window,
+    };
+    Ok(LlamaForCausalLM {
+        model: LlamaModel {
+            embed_tokens: Embedding {
+                weight: Param::from_tensor(embed),
             },
-            lm_head,
-        })
-    }
-
-    fn take_rms<B: Backend>(
-        &mut self,
-        key: &str,
-        config: &DecoderConfig,
-        device: &B::Device,
-    ) -> Result<RmsNorm<B>> {
-        let gamma = self.take::<B, 1>(key, [config.hidden_size], device)?;
-        Ok(RmsNorm {
-            gamma: Param::from_tensor(gamma),
-            epsilon: config.rms_norm_eps,
-        })
-    }
+            layers,
+            norm,
+            inv_freq: rope_inv_freq(config),
+            sliding_window: config.sliding_window,
+        },
+        lm_head,
+    })
 }
 
-#[allow(unsafe_code)]
-fn map_file(file: &File) -> std::io::Result<memmap2::Mmap> {
-    // SAFETY: the map is read-only and lives inside `Checkpoint`; like every safetensors reader
-    // (candle, transformers) we assume nobody truncates a checkpoint while it is being loaded.
-    unsafe { memmap2::Mmap::map(file) }
+fn take_rms<B: Backend>(
+    ckpt: &mut Checkpoint,
+    key: &str,
+    config: &DecoderConfig,
+    device: &B::Device,
+) -> Result<burn::nn::RmsNorm<B>> {
+    let prefix = key.strip_suffix(".weight").unwrap_or(key);
+    Ok(ckpt.take_rms_norm::<B>(prefix, config.hidden_size, config.rms_norm_eps, device)?)
 }
 
 /// Every parameter key a decoder of this config has, in checkpoint naming.
@@ -516,13 +178,14 @@ pub fn load_llm<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedLlm<
         .map(String::from)
         .collect();
     if !missing.is_empty() || !unused.is_empty() {
-        return Err(Error::Keys {
+        return Err(mmedpo_core::Error::Keys {
             dir: dir.to_path_buf(),
             missing,
             unused,
-        });
+        }
+        .into());
     }
-    let model = ckpt.take_llm(&config, "model.", "lm_head.weight", device)?;
+    let model = take_llm(&mut ckpt, &config, "model.", "lm_head.weight", device)?;
     let report = ckpt.finish()?;
     tracing::info!(dir = %dir.display(), "{report}");
     Ok(LoadedLlm {
@@ -645,35 +308,6 @@ pub fn hf_tensors<B: Backend>(model: &LlamaForCausalLM<B>) -> Vec<(String, Vec<u
     out
 }
 
-/// Writes `tensors` as one f32 safetensors file.
-pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(k, s, v)| {
-            (
-                k.clone(),
-                s.clone(),
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
-        })
-        .collect();
-    let views = bytes
-        .iter()
-        .map(|(k, s, b)| {
-            safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)
-                .map(|v| (k.clone(), v))
-                .map_err(|e| Error::Safetensors {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
-                })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(views, None, path).map_err(|e| Error::Safetensors {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
-}
-
 /// Saves a model as an HF directory: `config.json` + `model.safetensors` (f32).
 pub fn save_llm<B: Backend>(
     model: &LlamaForCausalLM<B>,
@@ -688,14 +322,19 @@ pub fn save_llm<B: Backend>(
             cause,
         })?;
     std::fs::write(&cfg_path, text).map_err(|e| Error::io(&cfg_path, e))?;
-    write_safetensors(&dir.join("model.safetensors"), &hf_tensors(model))
+    Ok(write_safetensors(
+        &dir.join("model.safetensors"),
+        &hf_tensors(model),
+    )?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Int, Tolerance};
+    use burn::tensor::{Int, TensorData, Tolerance};
     use mmedpo_core::backend::TestBackend as B;
+    use safetensors::Dtype;
+    use std::path::PathBuf;
 
     fn tiny() -> DecoderConfig {
         DecoderConfig {
@@ -772,9 +411,9 @@ mod tests {
         });
         let err = load_llm::<B>(&dir, &Default::default()).unwrap_err();
         match &err {
-            Error::Keys {
+            Error::Checkpoint(mmedpo_core::Error::Keys {
                 missing, unused, ..
-            } => {
+            }) => {
                 assert_eq!(
                     missing,
                     &vec![
@@ -826,10 +465,16 @@ mod tests {
         let dir = tmp("pickle");
         std::fs::write(dir.join("pytorch_model.bin"), b"not read").unwrap();
         let err = Checkpoint::open(&dir).unwrap_err();
-        assert!(matches!(err, Error::UnsupportedCheckpoint { .. }));
+        assert!(matches!(
+            err,
+            mmedpo_core::Error::UnsupportedCheckpoint { .. }
+        ));
         assert!(err.to_string().contains("safe_serialization=True"), "{err}");
         let err = Checkpoint::open(&dir.join("pytorch_model.bin")).unwrap_err();
-        assert!(matches!(err, Error::UnsupportedCheckpoint { .. }));
+        assert!(matches!(
+            err,
+            mmedpo_core::Error::UnsupportedCheckpoint { .. }
+        ));
     }
 
     #[test]

@@ -1,0 +1,453 @@
+//! Strict loading of safetensors checkpoints (single file or sharded), shared by every model crate.
+//!
+//! [`Checkpoint`] opens a model directory: `model.safetensors`, or the shards listed in
+//! `model.safetensors.index.json`; f32, f16 and bf16 tensors, converted on the host to the backend's
+//! float type. PyTorch pickles (`*.bin`) are refused with the command that converts them.
+//!
+//! Loading is strict: model crates `require` every key their config implies, `take` each tensor
+//! with its expected shape, `ignore` named keys with a reason, and `finish` fails on any tensor that
+//! nothing took. Missing and unused keys are reported together in one [`Error::Keys`]; a model is
+//! never left with random weights. A [`LoadReport`] lists what was applied and ignored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::nn::{LayerNorm, Linear, RmsNorm};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Checkpoint tensors that are derived buffers, not parameters, and are skipped on purpose.
+pub const IGNORED_SUFFIXES: &[(&str, &str)] = &[(
+    "rotary_emb.inv_freq",
+    "RoPE buffer, recomputed from config.json",
+)];
+
+/// What a load did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadReport {
+    /// Keys loaded into parameters.
+    pub applied: Vec<String>,
+    /// Keys deliberately skipped, with the reason.
+    pub ignored: Vec<(String, String)>,
+    /// The safetensors files read.
+    pub files: Vec<PathBuf>,
+    /// Number of tensors per on-disk dtype.
+    pub dtypes: BTreeMap<String, usize>,
+}
+
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dtypes: Vec<String> = self
+            .dtypes
+            .iter()
+            .map(|(d, n)| format!("{n} {d}"))
+            .collect();
+        write!(
+            f,
+            "{} tensors applied from {} file(s) ({}), {} ignored, 0 missing, 0 unused",
+            self.applied.len(),
+            self.files.len(),
+            dtypes.join(", "),
+            self.ignored.len()
+        )
+    }
+}
+
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: BTreeMap<String, String>,
+}
+
+struct Entry {
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+}
+
+/// An opened safetensors checkpoint (single file or sharded), memory-mapped.
+pub struct Checkpoint {
+    dir: PathBuf,
+    files: Vec<PathBuf>,
+    maps: Vec<memmap2::Mmap>,
+    entries: BTreeMap<String, Entry>,
+    report: LoadReport,
+    taken: BTreeSet<String>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("dir", &self.dir)
+            .field("files", &self.files)
+            .finish()
+    }
+}
+
+fn refuse_pickle(path: &Path) -> Error {
+    Error::UnsupportedCheckpoint {
+        path: path.to_path_buf(),
+        message: "PyTorch pickle checkpoints (.bin) are not read (unpickling can run code); convert it to safetensors once: \
+            python -c \"import sys, transformers as t; m = t.AutoModelForCausalLM.from_pretrained(sys.argv[1]); \
+            m.save_pretrained(sys.argv[2], safe_serialization=True)\" IN_DIR OUT_DIR"
+            .into(),
+    }
+}
+
+impl Checkpoint {
+    /// Opens `model.safetensors` or `model.safetensors.index.json` in `dir` (or `dir` itself when it
+    /// is a `.safetensors` file).
+    pub fn open(dir: &Path) -> Result<Self> {
+        if dir.extension().is_some_and(|e| e == "bin") {
+            return Err(refuse_pickle(dir));
+        }
+        if dir.is_file() && dir.extension().is_some_and(|e| e == "safetensors") {
+            let parent = dir.parent().unwrap_or(Path::new(".")).to_path_buf();
+            return Self::from_files(parent, vec![dir.to_path_buf()]);
+        }
+        if !dir.is_dir() {
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory"),
+            ));
+        }
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        if single.is_file() {
+            return Self::from_files(dir.to_path_buf(), vec![single]);
+        }
+        if index.is_file() {
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let parsed: ShardIndex = serde_json::from_str(&text).map_err(|cause| Error::Json {
+                path: index.clone(),
+                cause,
+            })?;
+            let shards: BTreeSet<&String> = parsed.weight_map.values().collect();
+            let files = shards.into_iter().map(|s| dir.join(s)).collect();
+            let ckpt = Self::from_files(dir.to_path_buf(), files)?;
+            for (key, shard) in &parsed.weight_map {
+                let in_file = ckpt.entries.get(key).map(|e| &ckpt.files[e.file]);
+                if in_file != Some(&dir.join(shard)) {
+                    return Err(Error::Safetensors {
+                        path: index,
+                        message: format!(
+                            "weight_map puts {key} in {shard}, but that file does not hold it"
+                        ),
+                    });
+                }
+            }
+            return Ok(ckpt);
+        }
+        for pickle in ["pytorch_model.bin", "pytorch_model.bin.index.json"] {
+            if dir.join(pickle).is_file() {
+                return Err(refuse_pickle(&dir.join(pickle)));
+            }
+        }
+        Err(Error::io(
+            &single,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no model.safetensors or model.safetensors.index.json in this directory",
+            ),
+        ))
+    }
+
+    fn from_files(dir: PathBuf, files: Vec<PathBuf>) -> Result<Self> {
+        let mut maps = Vec::with_capacity(files.len());
+        let mut entries = BTreeMap::new();
+        for (i, path) in files.iter().enumerate() {
+            let file = File::open(path).map_err(|e| Error::io(path, e))?;
+            let map = map_file(&file).map_err(|e| Error::io(path, e))?;
+            let st = SafeTensors::deserialize(&map).map_err(|e| Error::Safetensors {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            for (name, view) in st.tensors() {
+                let entry = Entry {
+                    file: i,
+                    dtype: view.dtype(),
+                    shape: view.shape().to_vec(),
+                };
+                if entries.insert(name.clone(), entry).is_some() {
+                    return Err(Error::Safetensors {
+                        path: path.clone(),
+                        message: format!("{name} appears in two shards"),
+                    });
+                }
+            }
+            maps.push(map);
+        }
+        let report = LoadReport {
+            files: files.clone(),
+            ..LoadReport::default()
+        };
+        Ok(Self {
+            dir,
+            files,
+            maps,
+            entries,
+            report,
+            taken: BTreeSet::new(),
+        })
+    }
+
+    /// The checkpoint's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// All tensor keys in the checkpoint.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// Whether the checkpoint holds `key`.
+    pub fn contains(&self, key: &str) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    /// Checks that every key is present; reports all missing ones at once.
+    pub fn require<S: AsRef<str>>(&self, keys: &[S]) -> Result<()> {
+        let missing: Vec<String> = keys
+            .iter()
+            .map(|k| k.as_ref())
+            .filter(|k| !self.contains(k))
+            .map(String::from)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Keys {
+                dir: self.dir.clone(),
+                missing,
+                unused: vec![],
+            })
+        }
+    }
+
+    /// Takes one tensor, checking its shape, converted to the backend's float type.
+    pub fn take<B: Backend, const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+        device: &B::Device,
+    ) -> Result<Tensor<B, D>> {
+        let entry = self.entries.get(key).ok_or_else(|| Error::Keys {
+            dir: self.dir.clone(),
+            missing: vec![key.to_string()],
+            unused: vec![],
+        })?;
+        let path = &self.files[entry.file];
+        if entry.shape != shape {
+            return Err(Error::Tensor {
+                path: path.clone(),
+                key: key.into(),
+                message: format!(
+                    "shape {:?}, but the config implies {:?}",
+                    entry.shape, shape
+                ),
+            });
+        }
+        let dtype = match entry.dtype {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
+            other => {
+                return Err(Error::Tensor {
+                    path: path.clone(),
+                    key: key.into(),
+                    message: format!("dtype {other:?} is not supported (f32, f16, bf16 are)"),
+                })
+            }
+        };
+        let st =
+            SafeTensors::deserialize(&self.maps[entry.file]).map_err(|e| Error::Safetensors {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        let view = st.tensor(key).map_err(|e| Error::Safetensors {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        // Convert on the host to the backend's float type: Flex would otherwise keep (and compute
+        // in) bf16/f16 storage.
+        let data = TensorData::from_bytes_vec(view.data().to_vec(), shape, dtype)
+            .convert::<B::FloatElem>();
+        *self
+            .report
+            .dtypes
+            .entry(format!("{:?}", entry.dtype))
+            .or_default() += 1;
+        self.report.applied.push(key.to_string());
+        self.taken.insert(key.to_string());
+        Ok(Tensor::from_data(data, device))
+    }
+
+    /// Marks keys as deliberately skipped.
+    pub fn ignore(&mut self, key: &str, reason: &str) {
+        if self.contains(key) && self.taken.insert(key.to_string()) {
+            self.report
+                .ignored
+                .push((key.to_string(), reason.to_string()));
+        }
+    }
+
+    fn unused(&self) -> Vec<String> {
+        self.entries
+            .keys()
+            .filter(|k| !self.taken.contains(*k))
+            .filter(|k| !IGNORED_SUFFIXES.iter().any(|(s, _)| k.ends_with(s)))
+            .cloned()
+            .collect()
+    }
+
+    /// Ends a load: every tensor must have been taken or ignored.
+    pub fn finish(mut self) -> Result<LoadReport> {
+        let unused = self.unused();
+        if !unused.is_empty() {
+            return Err(Error::Keys {
+                dir: self.dir.clone(),
+                missing: vec![],
+                unused,
+            });
+        }
+        let skipped: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|k| !self.taken.contains(*k))
+            .cloned()
+            .collect();
+        for key in skipped {
+            let reason = IGNORED_SUFFIXES
+                .iter()
+                .find(|(s, _)| key.ends_with(s))
+                .map_or("", |(_, r)| r);
+            self.report.ignored.push((key, reason.to_string()));
+        }
+        Ok(self.report)
+    }
+}
+
+#[allow(unsafe_code)]
+fn map_file(file: &File) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: the map is read-only and lives inside `Checkpoint`; like every safetensors reader
+    // (candle, transformers) we assume nobody truncates a checkpoint while it is being loaded.
+    unsafe { memmap2::Mmap::map(file) }
+}
+
+/// Writes `tensors` as one f32 safetensors file.
+pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, s, v)| {
+            (
+                k.clone(),
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(k, s, b)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| Error::Safetensors {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize_to_file(views, None, path).map_err(|e| Error::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Builds a Burn `Linear` from a PyTorch-layout weight `[d_out, d_in]` (and bias).
+pub fn linear_from_torch<B: Backend>(
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Linear<B> {
+    Linear {
+        weight: Param::from_tensor(weight.transpose()),
+        bias: bias.map(Param::from_tensor),
+    }
+}
+
+impl Checkpoint {
+    /// Takes `{prefix}.weight` (`[d_out, d_in]`) and, when `bias`, `{prefix}.bias` as a Burn `Linear`.
+    pub fn take_linear<B: Backend>(
+        &mut self,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        device: &B::Device,
+    ) -> Result<Linear<B>> {
+        let w = self.take::<B, 2>(&format!("{prefix}.weight"), [d_out, d_in], device)?;
+        let b = if bias {
+            Some(self.take::<B, 1>(&format!("{prefix}.bias"), [d_out], device)?)
+        } else {
+            None
+        };
+        Ok(linear_from_torch(w, b))
+    }
+
+    /// Takes `{prefix}.weight` as an `RmsNorm` (`gamma`).
+    pub fn take_rms_norm<B: Backend>(
+        &mut self,
+        prefix: &str,
+        dim: usize,
+        eps: f64,
+        device: &B::Device,
+    ) -> Result<RmsNorm<B>> {
+        let gamma = self.take::<B, 1>(&format!("{prefix}.weight"), [dim], device)?;
+        Ok(RmsNorm {
+            gamma: Param::from_tensor(gamma),
+            epsilon: eps,
+        })
+    }
+
+    /// Takes `{prefix}.weight` / `{prefix}.bias` as a `LayerNorm` (`gamma` / `beta`).
+    pub fn take_layer_norm<B: Backend>(
+        &mut self,
+        prefix: &str,
+        dim: usize,
+        eps: f64,
+        device: &B::Device,
+    ) -> Result<LayerNorm<B>> {
+        let gamma = self.take::<B, 1>(&format!("{prefix}.weight"), [dim], device)?;
+        let beta = self.take::<B, 1>(&format!("{prefix}.bias"), [dim], device)?;
+        // `epsilon` is private in burn-nn 0.21: build through the config, then set the parameters.
+        let mut norm = burn::nn::LayerNormConfig::new(dim)
+            .with_epsilon(eps)
+            .init::<B>(device);
+        norm.gamma = Param::from_tensor(gamma);
+        norm.beta = Some(Param::from_tensor(beta));
+        Ok(norm)
+    }
+
+    /// Marks every key starting with `prefix` as deliberately skipped.
+    pub fn ignore_prefix(&mut self, prefix: &str, reason: &str) {
+        let keys: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        for k in keys {
+            self.ignore(&k, reason);
+        }
+    }
+
+    /// Keys no parameter has taken yet (derived buffers excluded).
+    pub fn untaken(&self) -> Vec<String> {
+        self.unused()
+    }
+}

@@ -1,0 +1,259 @@
+//! The MMedPO preference-record file format (the authors' `data/*_dpo_weighted.json`).
+//!
+//! A file is a JSON list of items: `id` (number or string), `image` (path relative to an image
+//! root), `conversations` (human question with `<image>`, then the ground-truth answer: the chosen
+//! branch), `rejected_conversations` (the same question, then the dispreferred answer),
+//! optional `rejected_image` (a visual pair: the rejected branch sees this image) and
+//! `weighted_score` (a number, or a number written as a string). Unknown keys are kept.
+//!
+//! [`read_records`] reads a whole file and reports **every** bad item (by id or index) at once.
+
+use std::path::Path;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::error::{Error, Result};
+
+/// One conversation turn (`{"from": "human"|"gpt", "value": "..."}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Turn {
+    /// `human` or `gpt`.
+    pub from: String,
+    /// The text.
+    pub value: String,
+}
+
+/// An item id: the released files use integers (VQA) and strings (reports).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RecordId {
+    /// Integer id.
+    Int(i64),
+    /// String id.
+    Str(String),
+}
+
+impl std::fmt::Display for RecordId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordId::Int(i) => write!(f, "{i}"),
+            RecordId::Str(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// One preference pair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreferenceRecord {
+    /// Item id.
+    pub id: RecordId,
+    /// Image path, relative to the image root.
+    pub image: String,
+    /// Chosen conversation.
+    pub conversations: Vec<Turn>,
+    /// Rejected conversation.
+    pub rejected_conversations: Vec<Turn>,
+    /// The rejected branch's image (visual pairs); absent = `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_image: Option<String>,
+    /// Clinical-relevance weight.
+    #[serde(
+        default,
+        deserialize_with = "number_or_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub weighted_score: Option<f64>,
+    /// Keys this crate does not interpret, kept on rewrite.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrStr {
+        Num(f64),
+        Str(String),
+    }
+    match Option::<NumOrStr>::deserialize(d)? {
+        None => Ok(None),
+        Some(NumOrStr::Num(x)) => Ok(Some(x)),
+        Some(NumOrStr::Str(s)) => {
+            s.trim().parse::<f64>().map(Some).map_err(|_| {
+                serde::de::Error::custom(format!("weighted_score {s:?} is not a number"))
+            })
+        }
+    }
+}
+
+/// The image placeholder of LLaVA prompts.
+pub const IMAGE_PLACEHOLDER: &str = "<image>";
+
+impl PreferenceRecord {
+    /// The question: the first human turn.
+    pub fn question(&self) -> Option<&str> {
+        self.conversations.first().map(|t| t.value.as_str())
+    }
+
+    /// The chosen answer: the last turn of `conversations`.
+    pub fn chosen(&self) -> Option<&str> {
+        self.conversations.last().map(|t| t.value.as_str())
+    }
+
+    /// The rejected answer: the last turn of `rejected_conversations`.
+    pub fn rejected(&self) -> Option<&str> {
+        self.rejected_conversations.last().map(|t| t.value.as_str())
+    }
+
+    /// The rejected branch's image.
+    pub fn rejected_image(&self) -> &str {
+        self.rejected_image.as_deref().unwrap_or(&self.image)
+    }
+
+    /// Everything wrong with this item (empty = valid).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = vec![];
+        for (name, conv) in [
+            ("conversations", &self.conversations),
+            ("rejected_conversations", &self.rejected_conversations),
+        ] {
+            if conv.len() < 2 || conv.len() % 2 != 0 {
+                out.push(format!(
+                    "{name} must hold human/gpt turn pairs, found {} turn(s)",
+                    conv.len()
+                ));
+                continue;
+            }
+            for (i, t) in conv.iter().enumerate() {
+                let want = if i % 2 == 0 { "human" } else { "gpt" };
+                if t.from != want {
+                    out.push(format!(
+                        "{name}[{i}].from is {:?}, expected {want:?}",
+                        t.from
+                    ));
+                }
+            }
+            if !conv[0].value.contains(IMAGE_PLACEHOLDER) {
+                out.push(format!("{name}[0] has no {IMAGE_PLACEHOLDER} placeholder"));
+            }
+        }
+        if self.image.trim().is_empty() {
+            out.push("image is empty".into());
+        }
+        if let Some(w) = self.weighted_score {
+            if !w.is_finite() || w < 0.0 {
+                out.push(format!("weighted_score {w} is not a finite number >= 0"));
+            }
+        }
+        out
+    }
+}
+
+/// Reads a preference file, validating every item; all problems are reported in one error.
+pub fn read_records(path: &Path) -> Result<Vec<PreferenceRecord>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|cause| Error::Json {
+        path: path.to_path_buf(),
+        cause,
+    })?;
+    let items = value.as_array().ok_or_else(|| Error::Invalid {
+        path: path.to_path_buf(),
+        problems: vec!["the file must hold a JSON list of preference items".into()],
+    })?;
+    let mut records = Vec::with_capacity(items.len());
+    let mut problems = vec![];
+    for (index, item) in items.iter().enumerate() {
+        let label = match item.get("id") {
+            Some(id) if !id.is_null() => format!("item id {id} (index {index})"),
+            _ => format!("item at index {index}"),
+        };
+        match serde_json::from_value::<PreferenceRecord>(item.clone()) {
+            Ok(r) => {
+                problems.extend(r.problems().into_iter().map(|p| format!("{label}: {p}")));
+                records.push(r);
+            }
+            Err(e) => problems.push(format!("{label}: {e}")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(records)
+    } else {
+        Err(Error::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> std::path::PathBuf {
+        let p =
+            std::env::temp_dir().join(format!("mmedpo-record-{}-{name}.json", std::process::id()));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const GOOD: &str = r#"[{"id": 0, "image": "a.jpg",
+        "conversations": [{"from": "human", "value": "<image>\nIs it normal?"}, {"from": "gpt", "value": " Yes"}],
+        "rejected_conversations": [{"from": "human", "value": "<image>\nIs it normal?"}, {"from": "gpt", "value": " No"}],
+        "weighted_score": "0.8", "note": "kept"},
+        {"id": "CXR1_IM-1/0.png", "image": "b.png", "rejected_image": "b_noised.png",
+        "conversations": [{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "Clear."}],
+        "rejected_conversations": [{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "Clear."}],
+        "weighted_score": 0.93}]"#;
+
+    #[test]
+    fn reads_both_id_kinds_string_scores_and_keeps_unknown_keys() {
+        let recs = read_records(&write("good", GOOD)).unwrap();
+        assert_eq!(recs[0].id, RecordId::Int(0));
+        assert_eq!(recs[0].weighted_score, Some(0.8));
+        assert_eq!(recs[0].extra["note"], "kept");
+        assert_eq!(recs[0].rejected_image(), "a.jpg");
+        assert_eq!(recs[1].id.to_string(), "CXR1_IM-1/0.png");
+        assert_eq!(recs[1].rejected_image(), "b_noised.png");
+        assert_eq!(recs[0].chosen(), Some(" Yes"));
+        let round: Vec<PreferenceRecord> =
+            serde_json::from_str(&serde_json::to_string(&recs).unwrap()).unwrap();
+        assert_eq!(round, recs);
+    }
+
+    #[test]
+    fn every_bad_item_is_reported_by_id() {
+        let bad = GOOD
+            .replace("\"0.8\"", "\"high\"")
+            .replace("<image>\\nDescribe.\"}, {\"from\": \"gpt\", \"value\": \"Clear.\"}],\n        \"rejected", "Describe.\"}, {\"from\": \"gpt\", \"value\": \"Clear.\"}],\n        \"rejected");
+        let err = read_records(&write("bad", &bad)).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("item id 0 (index 0)") && msg.contains("\"high\" is not a number"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("CXR1_IM-1/0.png") && msg.contains("conversations[0] has no <image>"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn the_released_files_are_valid() {
+        let shared = std::env::var_os("MMEDPO_SHARED_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+        let path = shared.join("data/vqa-rad_dpo_weighted.json");
+        if !path.is_file() && std::env::var_os("MMEDPO_ALLOW_NO_SHARED").is_some() {
+            eprintln!(
+                "NOTICE: {} missing; MMEDPO_ALLOW_NO_SHARED set, check NOT run",
+                path.display()
+            );
+            return;
+        }
+        let recs = read_records(&path).unwrap();
+        assert_eq!(recs.len(), 1797);
+        assert!(recs
+            .iter()
+            .all(|r| r.weighted_score.is_some() && r.rejected_image.is_none()));
+    }
+}

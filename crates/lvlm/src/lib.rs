@@ -1,1 +1,26 @@
-//! placeholder
+//! # mmedpo-lvlm
+//!
+//! LLaVA-Med v1.5, the model MMedPO aligns, on Burn: CLIP tower (`mmedpo-vision`) → `mlp2x_gelu`
+//! projector → Mistral/Llama (`mmedpo-llm`), loaded from the original LLaVA-Med layout or the
+//! llava-hf layout, numerically the same function as Hugging Face's `LlavaForConditionalGeneration`.
+//!
+//! * [`config`]: both `config.json` layouts → [`LlavaConfig`].
+//! * [`llava`]: the model; `prepare` splices image features like LLaVA's
+//!   `prepare_inputs_labels_for_multimodal`; [`llava::sequence_logps`] sums response log-probs.
+//! * [`prompt`]: `tokenizer_image_token`, templates, `preprocess_v1` label masking.
+//! * [`loader`]: strict loading with a report. [`score`]: log π(y|x) of preference pairs.
+//! * [`generate`]: answers for (image, question) prompts.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod llava;
+pub mod loader;
+pub mod prompt;
+pub mod score;
+
+pub use config::{Layout, LlavaConfig};
+pub use error::{Error, Result};
+pub use llava::{LlavaForConditionalGeneration, MultimodalInputs, Sequence};
+pub use loader::{load_llava, LoadedLlava};

@@ -1,0 +1,180 @@
+//! Sequence log-probabilities of preference pairs: `log π(y_w | x)` with the chosen text on the
+//! item's `image` and `log π(y_l | x*)` with the rejected text on its `rejected_image` (MMedPO
+//! Eq. 3), summed over the response tokens LLaVA's `preprocess_v1` labels.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use mmedpo_core::record::{PreferenceRecord, RecordId};
+use mmedpo_llm::{Template, Tokenizer};
+use mmedpo_vision::preprocess::{normalize, preprocess_u8};
+use mmedpo_vision::AspectRatio;
+
+use crate::error::{Error, Result};
+use crate::llava::{sequence_logps, LlavaForConditionalGeneration, Sequence};
+use crate::prompt::{check_placeholders, conversation_labels};
+
+/// Log-probabilities of one pair (one line of `mmedpo score`'s output).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PairScore {
+    /// The item's id.
+    pub id: RecordId,
+    /// `log π(chosen | image)`.
+    pub chosen_logp: f64,
+    /// `log π(rejected | rejected_image)`.
+    pub rejected_logp: f64,
+    /// Scored tokens of the chosen answer.
+    pub chosen_tokens: usize,
+    /// Scored tokens of the rejected answer.
+    pub rejected_tokens: usize,
+}
+
+/// A pair ready to run: both sequences and both image files.
+#[derive(Debug, Clone)]
+pub struct PreparedPair {
+    /// The item's id.
+    pub id: RecordId,
+    /// Chosen conversation with labels.
+    pub chosen: Sequence,
+    /// Rejected conversation with labels.
+    pub rejected: Sequence,
+    /// The chosen branch's image (preprocessed, `[3, size, size]` values).
+    pub chosen_pixels: Vec<f32>,
+    /// The rejected branch's image.
+    pub rejected_pixels: Vec<f32>,
+}
+
+/// How pairs are turned into model inputs.
+#[derive(Debug, Clone)]
+pub struct PairSettings {
+    /// Conversation template (MMedPO: vicuna_v1).
+    pub template: Template,
+    /// Folder the records' image paths are relative to.
+    pub image_root: PathBuf,
+    /// Pad-to-square or not.
+    pub aspect: AspectRatio,
+    /// Tower input size (336).
+    pub image_size: u32,
+}
+
+fn image_pixels(settings: &PairSettings, rel: &str, id: &RecordId) -> Result<Vec<f32>> {
+    let path = settings.image_root.join(rel);
+    let img = mmedpo_vision::preprocess::load_rgb(&path).map_err(|e| Error::Item {
+        id: id.to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(normalize(&preprocess_u8(
+        &img,
+        settings.image_size,
+        settings.aspect,
+    )))
+}
+
+/// Tokenizes, labels and loads the images of one record; every problem names the item and file.
+pub fn prepare_pair(
+    tok: &Tokenizer,
+    settings: &PairSettings,
+    record: &PreferenceRecord,
+) -> Result<PreparedPair> {
+    let id = &record.id;
+    let problems = record.problems();
+    if !problems.is_empty() {
+        return Err(Error::Item {
+            id: id.to_string(),
+            message: problems.join("; "),
+        });
+    }
+    let (cids, clab) = conversation_labels(tok, settings.template, &record.conversations)?;
+    let (rids, rlab) = conversation_labels(tok, settings.template, &record.rejected_conversations)?;
+    check_placeholders(&cids, 1, &id.to_string())?;
+    check_placeholders(&rids, 1, &id.to_string())?;
+    Ok(PreparedPair {
+        id: id.clone(),
+        chosen: Sequence {
+            ids: cids,
+            labels: Some(clab),
+        },
+        rejected: Sequence {
+            ids: rids,
+            labels: Some(rlab),
+        },
+        chosen_pixels: image_pixels(settings, &record.image, id)?,
+        rejected_pixels: image_pixels(settings, record.rejected_image(), id)?,
+    })
+}
+
+/// Stacks preprocessed images into `[n, 3, size, size]`.
+pub fn stack_pixels<B: Backend>(
+    images: &[&[f32]],
+    size: usize,
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    let data: Vec<f32> = images.iter().flat_map(|i| i.iter().copied()).collect();
+    Tensor::from_data(
+        burn::tensor::TensorData::new(data, [images.len(), 3, size, size]),
+        device,
+    )
+}
+
+/// Log-probabilities of a batch of pairs: rows `[chosen…; rejected…]`, one forward.
+///
+/// Returns `(chosen [b], rejected [b])` tensors (differentiable when `B` is an autodiff backend)
+/// and the token counts.
+pub fn pair_logps<B: Backend>(
+    model: &LlavaForConditionalGeneration<B>,
+    pairs: &[PreparedPair],
+    image_size: usize,
+    device: &B::Device,
+) -> Result<(Tensor<B, 1>, Tensor<B, 1>, Vec<usize>, Vec<usize>)> {
+    let b = pairs.len();
+    let images: Vec<&[f32]> = pairs
+        .iter()
+        .map(|p| p.chosen_pixels.as_slice())
+        .chain(pairs.iter().map(|p| p.rejected_pixels.as_slice()))
+        .collect();
+    let features = model.image_features(stack_pixels::<B>(&images, image_size, device));
+    let seqs: Vec<Sequence> = pairs
+        .iter()
+        .map(|p| p.chosen.clone())
+        .chain(pairs.iter().map(|p| p.rejected.clone()))
+        .collect();
+    let image_of: Vec<usize> = (0..2 * b).collect();
+    let inputs = model.prepare(&seqs, features, &image_of, false)?;
+    let logits = model.forward(&inputs);
+    let (logps, counts) = sequence_logps(logits, &inputs.labels);
+    Ok((
+        logps.clone().narrow(0, 0, b),
+        logps.narrow(0, b, b),
+        counts[..b].to_vec(),
+        counts[b..].to_vec(),
+    ))
+}
+
+/// Scores pairs (no gradients kept beyond the call).
+pub fn score_pairs<B: Backend>(
+    model: &LlavaForConditionalGeneration<B>,
+    pairs: &[PreparedPair],
+    image_size: usize,
+    device: &B::Device,
+) -> Result<Vec<PairScore>> {
+    let (c, r, cn, rn) = pair_logps(model, pairs, image_size, device)?;
+    let c: Vec<f32> = c.into_data().convert::<f32>().to_vec().unwrap_or_default();
+    let r: Vec<f32> = r.into_data().convert::<f32>().to_vec().unwrap_or_default();
+    Ok(pairs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| PairScore {
+            id: p.id.clone(),
+            chosen_logp: c[i] as f64,
+            rejected_logp: r[i] as f64,
+            chosen_tokens: cn[i],
+            rejected_tokens: rn[i],
+        })
+        .collect())
+}
+
+/// The image root joined with a record path (for messages).
+pub fn image_path(root: &Path, rel: &str) -> PathBuf {
+    root.join(rel)
+}

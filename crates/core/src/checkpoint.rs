@@ -451,3 +451,47 @@ impl Checkpoint {
         self.unused()
     }
 }
+
+/// A fingerprint of a model directory: `config.json` and every safetensors file's size and JSON
+/// header (which names every tensor with its dtype, shape and byte range), so a changed checkpoint
+/// gives a different value without hashing gigabytes. Used to refuse stale log-prob caches.
+pub fn dir_fingerprint(dir: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut parts: Vec<Vec<u8>> = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            name.ends_with(".safetensors") || name.ends_with(".json")
+        })
+        .collect();
+    files.sort();
+    for path in files {
+        let mut file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        parts.push(
+            path.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .as_bytes()
+                .to_vec(),
+        );
+        parts.push(len.to_le_bytes().to_vec());
+        if path.extension().is_some_and(|e| e == "json") {
+            parts.push(std::fs::read(&path).map_err(|e| Error::io(&path, e))?);
+        } else {
+            let mut n = [0u8; 8];
+            file.read_exact(&mut n).map_err(|e| Error::io(&path, e))?;
+            let header_len = u64::from_le_bytes(n).min(100 << 20) as usize;
+            let mut header = vec![0u8; header_len];
+            file.read_exact(&mut header)
+                .map_err(|e| Error::io(&path, e))?;
+            parts.push(header);
+        }
+    }
+    Ok(crate::record::fingerprint(parts.iter().map(Vec::as_slice)))
+}

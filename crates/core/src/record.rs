@@ -151,6 +151,23 @@ impl PreferenceRecord {
 
 /// Reads a preference file, validating every item; all problems are reported in one error.
 pub fn read_records(path: &Path) -> Result<Vec<PreferenceRecord>> {
+    let (records, problems) = read_records_lenient(path)?;
+    if problems.is_empty() {
+        Ok(records)
+    } else {
+        Err(Error::Invalid {
+            path: path.to_path_buf(),
+            problems: problems.into_iter().map(|(_, p)| p).collect(),
+        })
+    }
+}
+
+/// An invalid item: its `id` when it has one, and what is wrong.
+pub type ItemProblem = (Option<serde_json::Value>, String);
+
+/// Reads a preference file, returning the valid items and, for each invalid one, its id (when it
+/// has one) and the problem. Fails only when the file itself cannot be read or is not a JSON list.
+pub fn read_records_lenient(path: &Path) -> Result<(Vec<PreferenceRecord>, Vec<ItemProblem>)> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|cause| Error::Json {
         path: path.to_path_buf(),
@@ -167,22 +184,33 @@ pub fn read_records(path: &Path) -> Result<Vec<PreferenceRecord>> {
             Some(id) if !id.is_null() => format!("item id {id} (index {index})"),
             _ => format!("item at index {index}"),
         };
+        let id = item.get("id").cloned();
         match serde_json::from_value::<PreferenceRecord>(item.clone()) {
             Ok(r) => {
-                problems.extend(r.problems().into_iter().map(|p| format!("{label}: {p}")));
-                records.push(r);
+                let p = r.problems();
+                if p.is_empty() {
+                    records.push(r);
+                } else {
+                    problems.push((id, format!("{label}: {}", p.join("; "))));
+                }
             }
-            Err(e) => problems.push(format!("{label}: {e}")),
+            Err(e) => problems.push((id, format!("{label}: {e}"))),
         }
     }
-    if problems.is_empty() {
-        Ok(records)
-    } else {
-        Err(Error::Invalid {
-            path: path.to_path_buf(),
-            problems,
-        })
+    Ok((records, problems))
+}
+
+/// FNV-1a 64 of some byte strings, as 16 hex digits: a cheap fingerprint to detect stale caches
+/// (not a security hash).
+pub fn fingerprint<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
+    for part in parts {
+        for &b in part.iter().chain(&[0xff]) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01B3);
+        }
     }
+    format!("{h:016x}")
 }
 
 #[cfg(test)]

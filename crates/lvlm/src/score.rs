@@ -117,16 +117,26 @@ pub fn stack_pixels<B: Backend>(
     )
 }
 
+/// Summed response log-probabilities of a batch of pairs.
+#[derive(Debug, Clone)]
+pub struct PairLogps<B: Backend> {
+    /// `[b]` log π(chosen | image); differentiable when `B` is an autodiff backend.
+    pub chosen: Tensor<B, 1>,
+    /// `[b]` log π(rejected | rejected_image).
+    pub rejected: Tensor<B, 1>,
+    /// Scored tokens per chosen answer.
+    pub chosen_tokens: Vec<usize>,
+    /// Scored tokens per rejected answer.
+    pub rejected_tokens: Vec<usize>,
+}
+
 /// Log-probabilities of a batch of pairs: rows `[chosen…; rejected…]`, one forward.
-///
-/// Returns `(chosen [b], rejected [b])` tensors (differentiable when `B` is an autodiff backend)
-/// and the token counts.
 pub fn pair_logps<B: Backend>(
     model: &LlavaForConditionalGeneration<B>,
     pairs: &[PreparedPair],
     image_size: usize,
     device: &B::Device,
-) -> Result<(Tensor<B, 1>, Tensor<B, 1>, Vec<usize>, Vec<usize>)> {
+) -> Result<PairLogps<B>> {
     let b = pairs.len();
     let images: Vec<&[f32]> = pairs
         .iter()
@@ -143,12 +153,12 @@ pub fn pair_logps<B: Backend>(
     let inputs = model.prepare(&seqs, features, &image_of, false)?;
     let logits = model.forward(&inputs);
     let (logps, counts) = sequence_logps(logits, &inputs.labels);
-    Ok((
-        logps.clone().narrow(0, 0, b),
-        logps.narrow(0, b, b),
-        counts[..b].to_vec(),
-        counts[b..].to_vec(),
-    ))
+    Ok(PairLogps {
+        chosen: logps.clone().narrow(0, 0, b),
+        rejected: logps.narrow(0, b, b),
+        chosen_tokens: counts[..b].to_vec(),
+        rejected_tokens: counts[b..].to_vec(),
+    })
 }
 
 /// Scores pairs (no gradients kept beyond the call).
@@ -158,9 +168,20 @@ pub fn score_pairs<B: Backend>(
     image_size: usize,
     device: &B::Device,
 ) -> Result<Vec<PairScore>> {
-    let (c, r, cn, rn) = pair_logps(model, pairs, image_size, device)?;
-    let c: Vec<f32> = c.into_data().convert::<f32>().to_vec().unwrap_or_default();
-    let r: Vec<f32> = r.into_data().convert::<f32>().to_vec().unwrap_or_default();
+    let out = pair_logps(model, pairs, image_size, device)?;
+    let (cn, rn) = (out.chosen_tokens, out.rejected_tokens);
+    let c: Vec<f32> = out
+        .chosen
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap_or_default();
+    let r: Vec<f32> = out
+        .rejected
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap_or_default();
     Ok(pairs
         .iter()
         .enumerate()

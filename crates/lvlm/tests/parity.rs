@@ -205,3 +205,79 @@ fn other_llava_hf_key_spellings_load_too() {
     });
     check_layout(&dir, Layout::Hf);
 }
+
+#[test]
+fn batched_image_generation_equals_each_prompt_alone() {
+    use mmedpo_llm::{GenerationConfig, Sampling};
+    use mmedpo_lvlm::generate::generate_answers;
+    let device = Default::default();
+    let loaded = load_llava::<Cpu>(&golden().join("tiny-llava-hf"), None, &device).unwrap();
+    let t = tok();
+    let chest = root().join("data/images/chest-xray-pa-nodules.png");
+    let ct = root().join("data/images/ct-small.png");
+    let items = [
+        (chest.as_path(), "Is there a nodule in the left lung?"),
+        (ct.as_path(), "Organ?"),
+    ];
+    let config = GenerationConfig {
+        max_new_tokens: 6,
+        sampling: Sampling::Greedy,
+        eos_token_ids: vec![2],
+        pad_token_id: 0,
+    };
+    let gen = |items: &[(&Path, &str)]| {
+        generate_answers(
+            &loaded.model,
+            &t,
+            Template::VicunaV1,
+            items,
+            loaded.config.aspect,
+            336,
+            &config,
+            &device,
+        )
+        .unwrap()
+    };
+    let both = gen(&items);
+    for (i, item) in items.iter().enumerate() {
+        assert_eq!(
+            both.tokens[i],
+            gen(std::slice::from_ref(item)).tokens[0],
+            "row {i}"
+        );
+    }
+}
+
+#[test]
+fn truncation_to_max_length_cuts_after_image_expansion() {
+    let device = Default::default();
+    let mut loaded = load_llava::<Cpu>(&golden().join("tiny-llava-hf"), None, &device).unwrap();
+    loaded.model.max_length = 600;
+    let t = tok();
+    let pairs = read_records(&golden().join("pairs.json")).unwrap();
+    let (ids, labels) =
+        conversation_labels(&t, Template::VicunaV1, &pairs[1].conversations).unwrap();
+    let feats = loaded.model.image_features(stack_pixels::<Cpu>(
+        &[&vec![0.0; 3 * 336 * 336]],
+        336,
+        &device,
+    ));
+    let inputs = loaded
+        .model
+        .prepare(
+            &[Sequence {
+                ids: ids.clone(),
+                labels: Some(labels),
+            }],
+            feats,
+            &[0],
+            false,
+        )
+        .unwrap();
+    assert_eq!(inputs.embeds.dims()[1], 600);
+    assert_eq!(inputs.labels[0].len(), 600);
+    assert!(
+        ids.len() - 1 + 576 > 600,
+        "the fixture must be long enough to be cut"
+    );
+}

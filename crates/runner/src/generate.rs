@@ -6,16 +6,28 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use clap::Args;
 use mmedpo_llm::generate::generate;
-use mmedpo_llm::{load_llm, GenerationConfig, Sampling, Template, Tokenizer};
+use mmedpo_llm::{load_llm, Generation, GenerationConfig, Sampling, Template, Tokenizer};
+use mmedpo_lvlm::generate::generate_answers;
+use mmedpo_lvlm::load_llava;
+
+use crate::common::{check_vocab, load_tokenizer};
 
 use crate::{with_backend, DeviceKind, Dtype};
 
 /// Arguments of `mmedpo generate`.
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json): a Llama/Mistral
+    /// LLM, or with --image a LLaVA (original LLaVA-Med or llava-hf layout).
     #[arg(long)]
     model: PathBuf,
+    /// An image: the model is then a LLaVA and the prompt a question about the image
+    /// (`<image>\n` is prepended when the prompt has no placeholder; template default vicuna_v1).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// CLIP tower directory for a LLaVA whose tower is not in its checkpoint.
+    #[arg(long, requires = "image")]
+    vision_tower: Option<PathBuf>,
     /// The prompt, used as given (BOS prepended) unless --template is set.
     #[arg(long)]
     prompt: String,
@@ -64,27 +76,7 @@ fn run_on<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
         .as_deref()
         .map(Template::from_name)
         .transpose()?;
-    let tok_path = args
-        .tokenizer
-        .clone()
-        .unwrap_or_else(|| args.model.join("tokenizer.json"));
-    let tokenizer = Tokenizer::from_file(&tok_path)?;
-    let llm = load_llm::<B>(&args.model, device)
-        .with_context(|| format!("loading {}", args.model.display()))?;
-    if tokenizer.vocab_size() != llm.config.vocab_size {
-        bail!(
-            "{}: tokenizer has {} tokens but {} has vocab_size {}; pass the model's own tokenizer with --tokenizer",
-            tok_path.display(),
-            tokenizer.vocab_size(),
-            args.model.join("config.json").display(),
-            llm.config.vocab_size
-        );
-    }
-    let text = match template {
-        Some(t) => t.prompt(&args.prompt),
-        None => args.prompt.clone(),
-    };
-    let prompt = tokenizer.encode(&text, true)?;
+    let tokenizer = load_tokenizer(&args.model, args.tokenizer.as_deref())?;
     let sampling = match args.temperature {
         None => Sampling::Greedy,
         Some(temperature) => Sampling::Sample {
@@ -93,6 +85,38 @@ fn run_on<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
             seed: args.seed,
         },
     };
+    if let Some(image) = &args.image {
+        let llava = load_llava::<B>(&args.model, args.vision_tower.as_deref(), device)?;
+        check_vocab(&tokenizer, llava.config.text.vocab_size, &args.model)?;
+        let config = GenerationConfig {
+            max_new_tokens: args.max_new_tokens,
+            sampling,
+            eos_token_ids: llava.config.text.eos_token_ids.clone(),
+            pad_token_id: llava.config.text.pad_token_id,
+        };
+        let size = llava.config.vision.as_ref().map_or(336, |v| v.image_size) as u32;
+        let items = [(image.as_path(), args.prompt.as_str())];
+        let template = template.unwrap_or(Template::VicunaV1);
+        let out = generate_answers(
+            &llava.model,
+            &tokenizer,
+            template,
+            &items,
+            llava.config.aspect,
+            size,
+            &config,
+            device,
+        )?;
+        return print_result(&tokenizer, &out, args.json);
+    }
+    let llm = load_llm::<B>(&args.model, device)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    check_vocab(&tokenizer, llm.config.vocab_size, &args.model)?;
+    let text = match template {
+        Some(t) => t.prompt(&args.prompt),
+        None => args.prompt.clone(),
+    };
+    let prompt = tokenizer.encode(&text, true)?;
     let config = GenerationConfig {
         max_new_tokens: args.max_new_tokens,
         sampling,
@@ -100,6 +124,10 @@ fn run_on<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
         pad_token_id: llm.config.pad_token_id,
     };
     let out = generate(&llm.model, &[prompt], &config, device)?;
+    print_result(&tokenizer, &out, args.json)
+}
+
+fn print_result(tokenizer: &Tokenizer, out: &Generation, json: bool) -> Result<()> {
     let ids = &out.tokens[0];
     let text = tokenizer.decode(ids, true)?;
     tracing::info!(
@@ -111,7 +139,7 @@ fn run_on<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
         "generated"
     );
     println!("{text}");
-    if args.json {
+    if json {
         println!("{}", serde_json::json!({ "ids": ids, "text": text }));
     }
     Ok(())

@@ -2,7 +2,9 @@
 //! crates. `anyhow` and the tracing setup live here and nowhere else.
 
 mod bench;
+mod common;
 mod generate;
+mod score;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -19,6 +21,8 @@ struct Cli {
 enum Command {
     /// Generate text with a Llama/Mistral model from a Hugging Face directory.
     Generate(generate::GenerateArgs),
+    /// Log-probabilities of preference pairs under a LLaVA model (also the reference precompute).
+    Score(score::ScoreArgs),
     /// Measure throughput (prefill/decode tokens/s, matmul GFLOP/s) on a backend.
     Bench(bench::BenchArgs),
 }
@@ -86,6 +90,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Score(args) => score::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

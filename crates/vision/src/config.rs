@@ -141,14 +141,15 @@ impl ClipVisionConfig {
                 path: "vision_config".into(),
                 cause,
             })?;
-        if cfg.patch_size == 0 || cfg.image_size % cfg.patch_size != 0 {
+        if cfg.patch_size == 0 || !cfg.image_size.is_multiple_of(cfg.patch_size) {
             return Err(Error::UnsupportedConfig {
                 field: "patch_size".into(),
                 value: cfg.patch_size.to_string(),
                 expected: format!("a divisor of image_size {}", cfg.image_size),
             });
         }
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
+        {
             return Err(Error::UnsupportedConfig {
                 field: "num_attention_heads".into(),
                 value: cfg.num_attention_heads.to_string(),

@@ -1,0 +1,36 @@
+//! Helpers the subcommands share: finding the tokenizer, checking it against the model.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use mmedpo_llm::Tokenizer;
+
+/// `--tokenizer FILE`, else `MODEL/tokenizer.json`; a clear hint when only a SentencePiece
+/// `tokenizer.model` is there (LLaVA-Med's repository ships only that).
+pub fn load_tokenizer(model: &Path, explicit: Option<&Path>) -> Result<Tokenizer> {
+    let path = explicit
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| model.join("tokenizer.json"));
+    if explicit.is_none() && !path.is_file() && model.join("tokenizer.model").is_file() {
+        bail!(
+            "{}: no tokenizer.json (only a SentencePiece tokenizer.model); for LLaVA-Med v1.5 / Mistral-7B pass \
+             --tokenizer models/mistral-tokenizer/tokenizer.json (shipped with mmedpo, identical ids)",
+            model.display()
+        );
+    }
+    Ok(Tokenizer::from_file(&path)?)
+}
+
+/// The tokenizer must cover exactly the model's vocabulary.
+pub fn check_vocab(tokenizer: &Tokenizer, vocab_size: usize, model: &Path) -> Result<()> {
+    if tokenizer.vocab_size() != vocab_size {
+        bail!(
+            "{}: tokenizer has {} tokens but {} has vocab_size {}; pass the model's own tokenizer with --tokenizer",
+            tokenizer.path().display(),
+            tokenizer.vocab_size(),
+            model.join("config.json").display(),
+            vocab_size
+        );
+    }
+    Ok(())
+}

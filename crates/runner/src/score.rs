@@ -1,0 +1,240 @@
+//! `mmedpo score`: log π(chosen | image) and log π(rejected | rejected_image) of every preference
+//! pair, one JSON line each. Also the reference log-prob precompute for training: a sidecar
+//! `FILE.jsonl.meta.json` records fingerprints of the model and the data so a stale cache is refused.
+//! Resumable: lines already in `--out` are kept and their ids skipped.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::backend::Backend;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use mmedpo_core::checkpoint::dir_fingerprint;
+use mmedpo_core::record::{fingerprint, read_records_lenient, PreferenceRecord};
+use mmedpo_llm::Template;
+use mmedpo_lvlm::load_llava;
+use mmedpo_lvlm::score::{prepare_pair, score_pairs, PairSettings};
+
+use crate::common::load_tokenizer;
+use crate::{with_backend, DeviceKind, Dtype};
+
+/// Arguments of `mmedpo score`.
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// LLaVA model directory (original LLaVA-Med or llava-hf layout).
+    #[arg(long)]
+    model: PathBuf,
+    /// CLIP tower directory (default: the checkpoint's own tower, or `mm_vision_tower` as a local path).
+    #[arg(long)]
+    vision_tower: Option<PathBuf>,
+    /// tokenizer.json (default: MODEL/tokenizer.json).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Preference file(s) in the MMedPO format.
+    #[arg(long, required = true)]
+    data: Vec<PathBuf>,
+    /// Folder the items' image paths are relative to.
+    #[arg(long)]
+    image_root: PathBuf,
+    /// Output JSONL.
+    #[arg(long)]
+    out: PathBuf,
+    /// Conversation template.
+    #[arg(long, default_value = "vicuna_v1")]
+    template: String,
+    /// Pairs per forward pass.
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    /// Record unusable items in OUT.rejects.jsonl and go on, instead of stopping at the first.
+    #[arg(long)]
+    skip_bad: bool,
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    device: DeviceKind,
+    /// Float type (bf16 needs --device cuda).
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    dtype: Dtype,
+}
+
+/// The sidecar of a score file.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ScoreMeta {
+    /// `dir_fingerprint` of the model directory.
+    pub model_fingerprint: String,
+    /// `dir_fingerprint` of the vision tower directory, when separate.
+    pub vision_tower_fingerprint: Option<String>,
+    /// Fingerprint of the data files' bytes (in order).
+    pub data_fingerprint: String,
+    /// Template used.
+    pub template: String,
+}
+
+impl ScoreMeta {
+    /// The meta of a scoring run's inputs.
+    pub fn of(
+        model: &Path,
+        vision_tower: Option<&Path>,
+        data: &[PathBuf],
+        template: &str,
+    ) -> Result<Self> {
+        let mut bytes = Vec::new();
+        for d in data {
+            bytes.push(std::fs::read(d).with_context(|| format!("reading {}", d.display()))?);
+        }
+        Ok(Self {
+            model_fingerprint: dir_fingerprint(model)?,
+            vision_tower_fingerprint: vision_tower.map(dir_fingerprint).transpose()?,
+            data_fingerprint: fingerprint(bytes.iter().map(Vec::as_slice)),
+            template: template.to_string(),
+        })
+    }
+
+    /// The sidecar path of a score file.
+    pub fn path(out: &Path) -> PathBuf {
+        let mut p = out.as_os_str().to_owned();
+        p.push(".meta.json");
+        PathBuf::from(p)
+    }
+}
+
+/// Runs `mmedpo score`.
+pub fn run(args: ScoreArgs) -> Result<()> {
+    with_backend!(args.device, args.dtype, |B, device| run_on::<B>(
+        &args, &device
+    ))
+}
+
+fn run_on<B: Backend>(args: &ScoreArgs, device: &B::Device) -> Result<()> {
+    let template = Template::from_name(&args.template)?;
+    let meta = ScoreMeta::of(
+        &args.model,
+        args.vision_tower.as_deref(),
+        &args.data,
+        &args.template,
+    )?;
+    let meta_path = ScoreMeta::path(&args.out);
+    let mut done: HashSet<String> = HashSet::new();
+    if args.out.is_file() {
+        let old: ScoreMeta =
+            serde_json::from_str(&std::fs::read_to_string(&meta_path).with_context(|| {
+                format!(
+                    "{} exists but {} does not; remove it or choose another --out",
+                    args.out.display(),
+                    meta_path.display()
+                )
+            })?)?;
+        if old != meta {
+            bail!("{} was written for another model, data or template ({}); remove it or choose another --out", args.out.display(), meta_path.display());
+        }
+        for (n, line) in std::fs::read_to_string(&args.out)?.lines().enumerate() {
+            match serde_json::from_str::<serde_json::Value>(line) {
+                Ok(v) => {
+                    done.insert(v["id"].to_string());
+                }
+                // A line cut by a kill: dropped and redone.
+                Err(_) => tracing::warn!(
+                    "{}:{}: incomplete line dropped, its pair is scored again",
+                    args.out.display(),
+                    n + 1
+                ),
+            }
+        }
+        rewrite_complete_lines(&args.out)?;
+    }
+    std::fs::write(&meta_path, serde_json::to_string_pretty(&meta)?)?;
+
+    let mut records: Vec<PreferenceRecord> = Vec::new();
+    let mut rejects: Vec<serde_json::Value> = Vec::new();
+    for path in &args.data {
+        let (good, bad) = read_records_lenient(path)?;
+        if !bad.is_empty() && !args.skip_bad {
+            let msgs: Vec<&str> = bad.iter().map(|(_, m)| m.as_str()).collect();
+            bail!(
+                "{}: {} bad item(s):\n  {}\n(--skip-bad records them and goes on)",
+                path.display(),
+                bad.len(),
+                msgs.join("\n  ")
+            );
+        }
+        rejects.extend(
+            bad.into_iter()
+                .map(|(id, m)| serde_json::json!({"id": id, "file": path, "error": m})),
+        );
+        records.extend(good);
+    }
+    let todo: Vec<&PreferenceRecord> = records
+        .iter()
+        .filter(|r| !done.contains(&serde_json::to_string(&r.id).unwrap_or_default()))
+        .collect();
+    tracing::info!(
+        total = records.len(),
+        already_scored = records.len() - todo.len(),
+        "scoring"
+    );
+
+    let tokenizer = load_tokenizer(&args.model, args.tokenizer.as_deref())?;
+    let llava = load_llava::<B>(&args.model, args.vision_tower.as_deref(), device)?;
+    crate::common::check_vocab(&tokenizer, llava.config.text.vocab_size, &args.model)?;
+    let image_size = llava.config.vision.as_ref().map_or(336, |v| v.image_size) as u32;
+    let settings = PairSettings {
+        template,
+        image_root: args.image_root.clone(),
+        aspect: llava.config.aspect,
+        image_size,
+    };
+
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.out)
+        .with_context(|| format!("opening {}", args.out.display()))?;
+    let bar = ProgressBar::new(todo.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} pairs {per_sec} eta {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    for chunk in todo.chunks(args.batch_size.max(1)) {
+        let mut prepared = Vec::with_capacity(chunk.len());
+        for r in chunk {
+            match prepare_pair(&tokenizer, &settings, r) {
+                Ok(p) => prepared.push(p),
+                Err(e) if args.skip_bad => {
+                    rejects.push(serde_json::json!({"id": r.id, "error": e.to_string()}))
+                }
+                Err(e) => bail!("{e}\n(--skip-bad records such items and goes on)"),
+            }
+        }
+        if !prepared.is_empty() {
+            for s in score_pairs(&llava.model, &prepared, image_size as usize, device)? {
+                writeln!(out, "{}", serde_json::to_string(&s)?)?;
+            }
+            out.flush()?;
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    if !rejects.is_empty() {
+        let path = PathBuf::from(format!("{}.rejects.jsonl", args.out.display()));
+        let text: String = rejects.iter().map(|r| format!("{r}\n")).collect();
+        std::fs::write(&path, text)?;
+        eprintln!("{} item(s) skipped; see {}", rejects.len(), path.display());
+    }
+    eprintln!("scored {} pair(s) into {}", todo.len(), args.out.display());
+    Ok(())
+}
+
+/// Drops a trailing partial line (a run killed mid-write), so appends stay well-formed.
+fn rewrite_complete_lines(path: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    let keep: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if keep != text {
+        std::fs::write(path, keep)?;
+    }
+    Ok(())
+}

@@ -21,6 +21,8 @@ fn root() -> PathBuf {
 /// `mmedpo-` prefix. Everything not listed is a violation.
 const ALLOWED_EDGES: &[(&str, &str)] = &[
     ("llm", "core"),
+    ("llm", "lora"),
+    ("lvlm", "lora"),
     ("vision", "core"),
     ("lora", "core"),
     ("lvlm", "core"),

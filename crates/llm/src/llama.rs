@@ -26,6 +26,8 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
+use mmedpo_lora::LoraLinear;
+
 use crate::config::{DecoderConfig, RopeScaling};
 
 /// The causal LM: decoder stack plus `lm_head`.
@@ -71,13 +73,13 @@ pub struct DecoderLayer<B: Backend> {
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     /// Query projection `[hidden, heads * head_dim]`.
-    pub q_proj: Linear<B>,
+    pub q_proj: LoraLinear<B>,
     /// Key projection `[hidden, kv_heads * head_dim]`.
-    pub k_proj: Linear<B>,
+    pub k_proj: LoraLinear<B>,
     /// Value projection `[hidden, kv_heads * head_dim]`.
-    pub v_proj: Linear<B>,
+    pub v_proj: LoraLinear<B>,
     /// Output projection `[heads * head_dim, hidden]`.
-    pub o_proj: Linear<B>,
+    pub o_proj: LoraLinear<B>,
     /// Query heads.
     pub num_heads: usize,
     /// Key/value heads.
@@ -90,11 +92,11 @@ pub struct Attention<B: Backend> {
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     /// Gate projection.
-    pub gate_proj: Linear<B>,
+    pub gate_proj: LoraLinear<B>,
     /// Up projection.
-    pub up_proj: Linear<B>,
+    pub up_proj: LoraLinear<B>,
     /// Down projection.
-    pub down_proj: Linear<B>,
+    pub down_proj: LoraLinear<B>,
 }
 
 /// Per-layer key/value cache for incremental decoding, owned by the caller.
@@ -250,6 +252,7 @@ impl DecoderConfig {
                 .with_initializer(init.clone())
                 .init(device)
         };
+        let lora = |i: usize, o: usize, bias: bool| LoraLinear::from(linear(i, o, bias));
         let norm = || {
             RmsNormConfig::new(self.hidden_size)
                 .with_epsilon(self.rms_norm_eps)
@@ -263,18 +266,18 @@ impl DecoderConfig {
         let layers = (0..self.num_hidden_layers)
             .map(|_| DecoderLayer {
                 self_attn: Attention {
-                    q_proj: linear(d, q, self.attention_bias),
-                    k_proj: linear(d, kv, self.attention_bias),
-                    v_proj: linear(d, kv, self.attention_bias),
-                    o_proj: linear(q, d, self.attention_bias),
+                    q_proj: lora(d, q, self.attention_bias),
+                    k_proj: lora(d, kv, self.attention_bias),
+                    v_proj: lora(d, kv, self.attention_bias),
+                    o_proj: lora(q, d, self.attention_bias),
                     num_heads: self.num_attention_heads,
                     num_kv_heads: self.num_key_value_heads,
                     head_dim: self.head_dim,
                 },
                 mlp: Mlp {
-                    gate_proj: linear(d, self.intermediate_size, self.mlp_bias),
-                    up_proj: linear(d, self.intermediate_size, self.mlp_bias),
-                    down_proj: linear(self.intermediate_size, d, self.mlp_bias),
+                    gate_proj: lora(d, self.intermediate_size, self.mlp_bias),
+                    up_proj: lora(d, self.intermediate_size, self.mlp_bias),
+                    down_proj: lora(self.intermediate_size, d, self.mlp_bias),
                 },
                 input_layernorm: norm(),
                 post_attention_layernorm: norm(),
@@ -358,6 +361,78 @@ impl<B: Backend> LlamaForCausalLM<B> {
     /// Number of decoder layers (the size of a [`KvCache`]).
     pub fn num_layers(&self) -> usize {
         self.model.layers.len()
+    }
+
+    /// The LoRA-capable projections with their paths relative to the decoder
+    /// (`layers.N.self_attn.q_proj`, ..., `layers.N.mlp.down_proj`).
+    pub fn lora_layers(&self) -> Vec<(String, &LoraLinear<B>)> {
+        let mut out = Vec::with_capacity(self.model.layers.len() * 7);
+        for (i, l) in self.model.layers.iter().enumerate() {
+            let a = &l.self_attn;
+            for (n, p) in [
+                ("q_proj", &a.q_proj),
+                ("k_proj", &a.k_proj),
+                ("v_proj", &a.v_proj),
+                ("o_proj", &a.o_proj),
+            ] {
+                out.push((format!("layers.{i}.self_attn.{n}"), p));
+            }
+            let m = &l.mlp;
+            for (n, p) in [
+                ("gate_proj", &m.gate_proj),
+                ("up_proj", &m.up_proj),
+                ("down_proj", &m.down_proj),
+            ] {
+                out.push((format!("layers.{i}.mlp.{n}"), p));
+            }
+        }
+        out
+    }
+
+    /// [`Self::lora_layers`], mutably.
+    pub fn lora_layers_mut(&mut self) -> Vec<(String, &mut LoraLinear<B>)> {
+        let mut out = Vec::with_capacity(self.model.layers.len() * 7);
+        for (i, l) in self.model.layers.iter_mut().enumerate() {
+            let a = &mut l.self_attn;
+            for (n, p) in [
+                ("q_proj", &mut a.q_proj),
+                ("k_proj", &mut a.k_proj),
+                ("v_proj", &mut a.v_proj),
+                ("o_proj", &mut a.o_proj),
+            ] {
+                out.push((format!("layers.{i}.self_attn.{n}"), p));
+            }
+            let m = &mut l.mlp;
+            for (n, p) in [
+                ("gate_proj", &mut m.gate_proj),
+                ("up_proj", &mut m.up_proj),
+                ("down_proj", &mut m.down_proj),
+            ] {
+                out.push((format!("layers.{i}.mlp.{n}"), p));
+            }
+        }
+        out
+    }
+
+    /// The same model with every adapter switched off (the DPO reference): base tensors shared,
+    /// not copied.
+    pub fn without_adapters(&self) -> Self {
+        let mut m = self.clone();
+        for (_, layer) in m.lora_layers_mut() {
+            layer.lora = None;
+        }
+        m
+    }
+
+    /// Folds every adapter into its base weight.
+    pub fn merge_adapters(self) -> Self {
+        let mut m = self;
+        for (_, layer) in m.lora_layers_mut() {
+            let merged =
+                std::mem::replace(layer, LoraLinear::from(layer.base_layer.clone())).merge();
+            *layer = LoraLinear::from(merged);
+        }
+        m
     }
 
     /// Vocabulary size.
@@ -506,6 +581,8 @@ impl<B: Backend> Mlp<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mmedpo_lora::LoraLinear;
+
     use crate::config::{DecoderConfig, RopeScaling};
     use burn::tensor::Tolerance;
     use mmedpo_core::backend::TestBackend as B;

@@ -15,6 +15,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 pub use mmedpo_core::checkpoint::{write_safetensors, Checkpoint, LoadReport, IGNORED_SUFFIXES};
 
+use mmedpo_lora::LoraLinear;
+
 use crate::config::{DecoderConfig, HfConfig};
 use crate::error::{Error, Result};
 use crate::llama::{rope_inv_freq, Attention, DecoderLayer, LlamaForCausalLM, LlamaModel, Mlp};
@@ -52,6 +54,7 @@ pub fn take_llm<B: Backend>(
         let l = format!("{p}layers.{i}.");
         let mut lin = |name: &str, i: usize, o: usize, bias: bool| {
             ckpt.take_linear::<B>(&format!("{l}{name}"), i, o, bias, device)
+                .map(LoraLinear::from)
         };
         let (ab, mb) = (config.attention_bias, config.mlp_bias);
         let self_attn = Attention {
@@ -283,7 +286,7 @@ pub fn hf_tensors<B: Backend>(model: &LlamaForCausalLM<B>) -> Vec<(String, Vec<u
             ("v_proj", &a.v_proj),
             ("o_proj", &a.o_proj),
         ] {
-            linear(&mut push, &format!("{p}.self_attn.{name}"), l);
+            linear(&mut push, &format!("{p}.self_attn.{name}"), &l.base_layer);
         }
         let mlp = &layer.mlp;
         for (name, l) in [
@@ -291,7 +294,7 @@ pub fn hf_tensors<B: Backend>(model: &LlamaForCausalLM<B>) -> Vec<(String, Vec<u
             ("up_proj", &mlp.up_proj),
             ("down_proj", &mlp.down_proj),
         ] {
-            linear(&mut push, &format!("{p}.mlp.{name}"), l);
+            linear(&mut push, &format!("{p}.mlp.{name}"), &l.base_layer);
         }
         push(
             format!("{p}.input_layernorm.weight"),

@@ -18,6 +18,9 @@ pub enum Error {
     /// From the vision tower or image loading.
     #[error(transparent)]
     Vision(#[from] mmedpo_vision::Error),
+    /// From LoRA adapter handling.
+    #[error(transparent)]
+    Lora(#[from] mmedpo_lora::Error),
     /// A LLaVA config value this crate does not implement.
     #[error("unsupported LLaVA config value {field} = {value}: expected {expected}")]
     UnsupportedConfig {

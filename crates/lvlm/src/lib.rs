@@ -9,9 +9,10 @@
 //!   `prepare_inputs_labels_for_multimodal`; [`llava::sequence_logps`] sums response log-probs.
 //! * [`prompt`]: `tokenizer_image_token`, templates, `preprocess_v1` label masking.
 //! * [`loader`]: strict loading with a report. [`score`]: log π(y|x) of preference pairs.
-//! * [`generate`]: answers for (image, question) prompts.
+//! * [`generate`]: answers for (image, question) prompts. [`adapter`]: LoRA on the LLM, PEFT layout.
 #![deny(missing_docs)]
 
+pub mod adapter;
 pub mod config;
 pub mod error;
 pub mod generate;
@@ -24,3 +25,4 @@ pub use config::{Layout, LlavaConfig};
 pub use error::{Error, Result};
 pub use llava::{LlavaForConditionalGeneration, MultimodalInputs, Sequence};
 pub use loader::{load_llava, LoadedLlava};
+pub use mmedpo_llm::Tokenizer;

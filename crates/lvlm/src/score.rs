@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use mmedpo_core::record::{PreferenceRecord, RecordId};
+use mmedpo_core::checkpoint::dir_fingerprint;
+use mmedpo_core::record::{fingerprint, PreferenceRecord, RecordId};
 use mmedpo_llm::{Template, Tokenizer};
 use mmedpo_vision::preprocess::{normalize, preprocess_u8};
 use mmedpo_vision::AspectRatio;
@@ -193,6 +194,47 @@ pub fn score_pairs<B: Backend>(
             rejected_tokens: rn[i],
         })
         .collect())
+}
+
+/// The sidecar of a score file.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ScoreMeta {
+    /// `dir_fingerprint` of the model directory.
+    pub model_fingerprint: String,
+    /// `dir_fingerprint` of the vision tower directory, when separate.
+    pub vision_tower_fingerprint: Option<String>,
+    /// Fingerprint of the data files' bytes (in order).
+    pub data_fingerprint: String,
+    /// Template used.
+    pub template: String,
+}
+
+impl ScoreMeta {
+    /// The meta of a scoring run's inputs.
+    pub fn of(
+        model: &Path,
+        vision_tower: Option<&Path>,
+        data: &[PathBuf],
+        template: &str,
+    ) -> Result<Self> {
+        let mut bytes = Vec::new();
+        for d in data {
+            bytes.push(std::fs::read(d).map_err(|e| mmedpo_core::Error::io(d, e))?);
+        }
+        Ok(Self {
+            model_fingerprint: dir_fingerprint(model)?,
+            vision_tower_fingerprint: vision_tower.map(dir_fingerprint).transpose()?,
+            data_fingerprint: fingerprint(bytes.iter().map(Vec::as_slice)),
+            template: template.to_string(),
+        })
+    }
+
+    /// The sidecar path of a score file.
+    pub fn path(out: &Path) -> PathBuf {
+        let mut p = out.as_os_str().to_owned();
+        p.push(".meta.json");
+        PathBuf::from(p)
+    }
 }
 
 /// The image root joined with a record path (for messages).

@@ -11,11 +11,10 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use mmedpo_core::checkpoint::dir_fingerprint;
-use mmedpo_core::record::{fingerprint, read_records_lenient, PreferenceRecord};
+use mmedpo_core::record::{read_records_lenient, PreferenceRecord};
 use mmedpo_llm::Template;
 use mmedpo_lvlm::load_llava;
-use mmedpo_lvlm::score::{prepare_pair, score_pairs, PairSettings};
+use mmedpo_lvlm::score::{prepare_pair, score_pairs, PairSettings, ScoreMeta};
 
 use crate::common::load_tokenizer;
 use crate::{with_backend, DeviceKind, Dtype};
@@ -56,47 +55,6 @@ pub struct ScoreArgs {
     /// Float type (bf16 needs --device cuda).
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
-}
-
-/// The sidecar of a score file.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ScoreMeta {
-    /// `dir_fingerprint` of the model directory.
-    pub model_fingerprint: String,
-    /// `dir_fingerprint` of the vision tower directory, when separate.
-    pub vision_tower_fingerprint: Option<String>,
-    /// Fingerprint of the data files' bytes (in order).
-    pub data_fingerprint: String,
-    /// Template used.
-    pub template: String,
-}
-
-impl ScoreMeta {
-    /// The meta of a scoring run's inputs.
-    pub fn of(
-        model: &Path,
-        vision_tower: Option<&Path>,
-        data: &[PathBuf],
-        template: &str,
-    ) -> Result<Self> {
-        let mut bytes = Vec::new();
-        for d in data {
-            bytes.push(std::fs::read(d).with_context(|| format!("reading {}", d.display()))?);
-        }
-        Ok(Self {
-            model_fingerprint: dir_fingerprint(model)?,
-            vision_tower_fingerprint: vision_tower.map(dir_fingerprint).transpose()?,
-            data_fingerprint: fingerprint(bytes.iter().map(Vec::as_slice)),
-            template: template.to_string(),
-        })
-    }
-
-    /// The sidecar path of a score file.
-    pub fn path(out: &Path) -> PathBuf {
-        let mut p = out.as_os_str().to_owned();
-        p.push(".meta.json");
-        PathBuf::from(p)
-    }
 }
 
 /// Runs `mmedpo score`.

@@ -1,0 +1,38 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong preparing data or training.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file or checkpoint problem.
+    #[error(transparent)]
+    Checkpoint(#[from] mmedpo_core::Error),
+    /// From the model.
+    #[error(transparent)]
+    Model(#[from] mmedpo_lvlm::Error),
+    /// From LoRA.
+    #[error(transparent)]
+    Lora(#[from] mmedpo_lora::Error),
+    /// The data cannot be trained on; every problem is listed.
+    #[error("{} problem(s) in the training data:\n  {}", problems.len(), problems.join("\n  "))]
+    Data {
+        /// One line per problem, naming the file and item.
+        problems: Vec<String>,
+    },
+    /// A reference log-prob cache that does not belong to this model and data.
+    #[error("{path}: {message}")]
+    StaleCache {
+        /// The cache file.
+        path: PathBuf,
+        /// Why it is refused.
+        message: String,
+    },
+    /// A bad training setting.
+    #[error("invalid training setting: {0}")]
+    Setting(String),
+}

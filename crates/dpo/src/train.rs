@@ -1,0 +1,697 @@
+//! The training loop, top to bottom: prepare → (policy, reference) log-probs → weighted DPO loss →
+//! accumulated gradients → global-norm clip → AdamW → checkpoint. No trainer trait, no callbacks
+//! beyond one `on_step` closure for the caller's progress display.
+//!
+//! Trainable: the LoRA weights of the LLM (and, with `projector_lr`, the projector). Everything
+//! else is frozen (`no_grad`). The reference is the same network with its adapters off, run on the
+//! inner (non-autodiff) backend, or log-probs read from a `mmedpo score` file.
+//!
+//! Resuming: checkpoints (`checkpoint-N/`: PEFT adapter, `optimizer.safetensors`,
+//! `trainer_state.json`, written to a temporary folder then renamed) hold everything the next step
+//! depends on; the data order is a function of (seed, epoch) and dropout is reseeded per step, so on
+//! the CPU a killed-and-resumed run ends with the same adapter bytes as an uninterrupted one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::module::{AutodiffModule, Module, Param};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use mmedpo_core::record::PreferenceRecord;
+use mmedpo_lora::LoraConfig;
+use mmedpo_lvlm::score::{
+    pair_logps, prepare_pair, PairScore, PairSettings, PreparedPair, ScoreMeta,
+};
+use mmedpo_lvlm::{Layout, LlavaForConditionalGeneration, Tokenizer};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{epoch_order, pair_weights, WeightMode, WeightStats};
+use crate::error::{Error, Result};
+use crate::loss::{dpo_loss, LossType};
+use crate::optim::{clip_factor, load_moments, lr_at, save_moments, warmup_steps, AdamW, Moments};
+
+/// Where reference log-probs come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reference {
+    /// The policy with its adapters switched off (MMedPO's code).
+    AdapterOff,
+    /// A `mmedpo score` JSONL file of the base model (checked against its `.meta.json`).
+    File(PathBuf),
+}
+
+/// Everything the loop needs besides model and data.
+#[derive(Debug, Clone)]
+pub struct TrainSettings {
+    /// LoRA hyper-parameters and targets.
+    pub lora: LoraConfig,
+    /// DPO β.
+    pub beta: f64,
+    /// Loss variant.
+    pub loss_type: LossType,
+    /// Weight mode.
+    pub weight_mode: WeightMode,
+    /// Weight statistics (paper mode).
+    pub weight_stats: WeightStats,
+    /// Peak learning rate of the LoRA weights.
+    pub learning_rate: f64,
+    /// Learning rate of the projector; `None` keeps it frozen.
+    pub projector_lr: Option<f64>,
+    /// AdamW settings.
+    pub adamw: AdamW,
+    /// Warmup as a fraction of all steps.
+    pub warmup_ratio: f64,
+    /// Passes over the data.
+    pub epochs: usize,
+    /// Optimizer steps; overrides `epochs` when set.
+    pub max_steps: Option<usize>,
+    /// Pairs per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Global gradient-norm clip.
+    pub max_grad_norm: f64,
+    /// Seed of the data order and dropout.
+    pub seed: u64,
+    /// Checkpoint every N optimizer steps (0: only at the end).
+    pub save_steps: usize,
+    /// How pairs become inputs.
+    pub pairs: PairSettings,
+    /// Reference log-probs.
+    pub reference: Reference,
+    /// The checkpoint layout (decides the PEFT module paths).
+    pub layout: Layout,
+    /// Stop after this many optimizer steps of this process (tests: a kill after a checkpoint).
+    pub stop_after: Option<usize>,
+}
+
+/// One optimizer step's metrics, with TRL's names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepLog {
+    /// 1-based optimizer step.
+    pub step: usize,
+    /// Fractional epoch at the end of the step.
+    pub epoch: f64,
+    /// Weighted DPO loss (mean over the step's micro-batches).
+    pub loss: f64,
+    /// Mean β(log π − log π_ref) of the chosen answers.
+    #[serde(rename = "rewards/chosen")]
+    pub rewards_chosen: f64,
+    /// Same for the rejected answers.
+    #[serde(rename = "rewards/rejected")]
+    pub rewards_rejected: f64,
+    /// Share of pairs with chosen reward > rejected reward.
+    #[serde(rename = "rewards/accuracies")]
+    pub rewards_accuracies: f64,
+    /// Mean reward margin.
+    #[serde(rename = "rewards/margins")]
+    pub rewards_margins: f64,
+    /// Mean policy log-prob of the chosen answers.
+    #[serde(rename = "logps/chosen")]
+    pub logps_chosen: f64,
+    /// Mean policy log-prob of the rejected answers.
+    #[serde(rename = "logps/rejected")]
+    pub logps_rejected: f64,
+    /// Learning rate used for this step.
+    pub learning_rate: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TrainerState {
+    step: usize,
+    total_steps: usize,
+    seed: u64,
+    pairs: usize,
+}
+
+/// What a finished run left.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// The final PEFT adapter.
+    pub adapter_dir: PathBuf,
+    /// The per-step JSONL log.
+    pub log_path: PathBuf,
+    /// All step logs (resumed runs included).
+    pub logs: Vec<StepLog>,
+    /// Optimizer steps in the whole run.
+    pub total_steps: usize,
+    /// The step this process started from (0 unless resumed).
+    pub resumed_from: usize,
+}
+
+type Inner<B> = <B as AutodiffBackend>::InnerBackend;
+
+enum Slot<'a, B: Backend> {
+    W2(&'a mut Param<Tensor<B, 2>>),
+    W1(&'a mut Param<Tensor<B, 1>>),
+}
+
+/// The trainable parameters with their PEFT / checkpoint keys and learning-rate group.
+fn trainable<'a, B: Backend>(
+    model: &'a mut LlavaForConditionalGeneration<B>,
+    layout: Layout,
+    projector: bool,
+) -> Vec<(String, bool, Slot<'a, B>)> {
+    let mut out = Vec::new();
+    if projector {
+        let p = &mut model.multi_modal_projector;
+        for (name, lin) in [("linear_1", &mut p.linear_1), ("linear_2", &mut p.linear_2)] {
+            out.push((
+                format!("multi_modal_projector.{name}.weight"),
+                true,
+                Slot::W2(&mut lin.weight),
+            ));
+            if let Some(b) = lin.bias.as_mut() {
+                out.push((
+                    format!("multi_modal_projector.{name}.bias"),
+                    true,
+                    Slot::W1(b),
+                ));
+            }
+        }
+    }
+    let prefix = mmedpo_lvlm::adapter::decoder_path(layout);
+    for (rel, layer) in model.language_model.lora_layers_mut() {
+        let path = format!("{prefix}{rel}");
+        if let Some(a) = layer.lora.as_mut() {
+            out.push((
+                format!("base_model.model.{path}.lora_A.weight"),
+                false,
+                Slot::W2(&mut a.lora_A.weight),
+            ));
+            out.push((
+                format!("base_model.model.{path}.lora_B.weight"),
+                false,
+                Slot::W2(&mut a.lora_B.weight),
+            ));
+        }
+    }
+    out
+}
+
+/// Summed per-parameter gradients (flattened, inner backend) and the metrics of some pairs.
+pub struct Gradients<B: AutodiffBackend> {
+    /// Gradient per trainable key, in the parameter's Burn layout, flattened.
+    pub grads: BTreeMap<String, Tensor<Inner<B>, 1>>,
+    /// Scalar loss.
+    pub loss: f64,
+    /// Policy chosen / rejected, reference chosen / rejected log-probs per pair.
+    pub logps: [Vec<f64>; 4],
+}
+
+fn to_vec<B: Backend>(t: Tensor<B, 1>) -> Vec<f64> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default()
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
+/// Policy and reference log-probs, weighted DPO loss and its gradients for one micro-batch.
+/// `scale` multiplies the loss before backward (1 / grad_accum).
+#[allow(clippy::too_many_arguments)]
+pub fn loss_and_grads<B: AutodiffBackend>(
+    model: &mut LlavaForConditionalGeneration<B>,
+    pairs: &[PreparedPair],
+    weights: &[f64],
+    reference: Option<(&[f64], &[f64])>,
+    settings: &TrainSettings,
+    scale: f64,
+    device: &B::Device,
+) -> Result<Gradients<B>> {
+    let size = settings.pairs.image_size as usize;
+    let policy = pair_logps(model, pairs, size, device)?;
+    let (rc, rr) = match reference {
+        Some((c, r)) => (c.to_vec(), r.to_vec()),
+        None => {
+            let reference = model.valid().reference();
+            let out = pair_logps(&reference, pairs, size, device)?;
+            (to_vec(out.chosen), to_vec(out.rejected))
+        }
+    };
+    let b = pairs.len();
+    let t = |v: &[f64]| {
+        Tensor::<B, 1>::from_data(
+            TensorData::new(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), [b]),
+            device,
+        )
+    };
+    let out = dpo_loss(
+        policy.chosen.clone(),
+        policy.rejected.clone(),
+        t(&rc),
+        t(&rr),
+        t(weights),
+        settings.beta,
+        settings.loss_type,
+    );
+    let loss = out.loss.clone().into_scalar().elem::<f64>();
+    let grads = out.loss.mul_scalar(scale).backward();
+    let mut collected = BTreeMap::new();
+    for (key, _, slot) in trainable(model, settings.layout, settings.projector_lr.is_some()) {
+        let g = match slot {
+            Slot::W2(p) => p.val().grad(&grads).map(|g| g.flatten::<1>(0, 1)),
+            Slot::W1(p) => p.val().grad(&grads),
+        };
+        if let Some(g) = g {
+            collected.insert(key, g);
+        }
+    }
+    let logps = [
+        to_vec(policy.chosen.inner()),
+        to_vec(policy.rejected.inner()),
+        rc,
+        rr,
+    ];
+    Ok(Gradients {
+        grads: collected,
+        loss,
+        logps,
+    })
+}
+
+use burn::tensor::ElementConversion;
+
+fn read_reference(
+    path: &Path,
+    records: &[PreferenceRecord],
+    expected: &ScoreMeta,
+) -> Result<HashMap<String, (f64, f64)>> {
+    let meta_path = ScoreMeta::path(path);
+    let text =
+        std::fs::read_to_string(&meta_path).map_err(|e| mmedpo_core::Error::io(&meta_path, e))?;
+    let meta: ScoreMeta =
+        serde_json::from_str(&text).map_err(|cause| mmedpo_core::Error::Json {
+            path: meta_path.clone(),
+            cause,
+        })?;
+    if &meta != expected {
+        return Err(Error::StaleCache {
+            path: path.to_path_buf(),
+            message: format!(
+                "reference log-probs were computed for other inputs (model {} vs {}, data {} vs {}, template {} vs {}); rerun `mmedpo score`",
+                meta.model_fingerprint, expected.model_fingerprint, meta.data_fingerprint, expected.data_fingerprint, meta.template, expected.template
+            ),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| mmedpo_core::Error::io(path, e))?;
+    let mut map = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let s: PairScore = serde_json::from_str(line)
+            .map_err(|cause| mmedpo_core::Error::Json {
+                path: path.to_path_buf(),
+                cause,
+            })
+            .map_err(|e| Error::Setting(format!("line {}: {e}", n + 1)))?;
+        map.insert(s.id.to_string(), (s.chosen_logp, s.rejected_logp));
+    }
+    let missing: Vec<String> = records
+        .iter()
+        .filter(|r| !map.contains_key(&r.id.to_string()))
+        .map(|r| format!("item id {}: not in {}", r.id, path.display()))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::Data { problems: missing });
+    }
+    Ok(map)
+}
+
+fn latest_checkpoint(out: &Path) -> Option<(usize, PathBuf)> {
+    std::fs::read_dir(out)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("checkpoint-")?.parse::<usize>().ok()?;
+            e.path()
+                .join("trainer_state.json")
+                .is_file()
+                .then(|| (step, e.path()))
+        })
+        .max_by_key(|(s, _)| *s)
+}
+
+/// Trains `model` (loaded, frozen or not) on `records`, writing under `out`.
+#[allow(clippy::too_many_arguments)]
+pub fn train<B: AutodiffBackend>(
+    model: LlavaForConditionalGeneration<B>,
+    tok: &Tokenizer,
+    records: &[PreferenceRecord],
+    reference_meta: Option<&ScoreMeta>,
+    settings: &TrainSettings,
+    out: &Path,
+    resume: bool,
+    device: &B::Device,
+    on_step: &mut dyn FnMut(&StepLog, usize),
+) -> Result<TrainSummary> {
+    if settings.batch_size == 0 || settings.grad_accum == 0 {
+        return Err(Error::Setting(
+            "batch_size and grad_accum must be at least 1".into(),
+        ));
+    }
+    let weights = pair_weights(records, settings.weight_mode, settings.weight_stats)?;
+    // Validate every pair up front (tokenization, placeholders, image files), listing all problems.
+    let problems: Vec<String> = records
+        .iter()
+        .filter_map(|r| {
+            let missing: Vec<String> = [r.image.as_str(), r.rejected_image()]
+                .iter()
+                .map(|p| settings.pairs.image_root.join(p))
+                .filter(|p| !p.is_file())
+                .map(|p| format!("item id {}: image {} not found", r.id, p.display()))
+                .collect();
+            let problems = r.problems();
+            (!missing.is_empty() || !problems.is_empty()).then(|| {
+                [
+                    missing,
+                    problems
+                        .into_iter()
+                        .map(|p| format!("item id {}: {p}", r.id))
+                        .collect(),
+                ]
+                .concat()
+                .join("; ")
+            })
+        })
+        .collect();
+    if !problems.is_empty() {
+        return Err(Error::Data { problems });
+    }
+    let reference = match (&settings.reference, reference_meta) {
+        (Reference::AdapterOff, _) => None,
+        (Reference::File(p), Some(meta)) => Some(read_reference(p, records, meta)?),
+        (Reference::File(p), None) => {
+            return Err(Error::Setting(format!(
+                "{}: reference file given without the inputs to check it against",
+                p.display()
+            )))
+        }
+    };
+
+    let n = records.len();
+    let micro_per_epoch = n.div_ceil(settings.batch_size);
+    let steps_per_epoch = micro_per_epoch.div_ceil(settings.grad_accum);
+    let total = settings
+        .max_steps
+        .unwrap_or(settings.epochs * steps_per_epoch)
+        .max(1);
+    let warmup = warmup_steps(settings.warmup_ratio, total);
+    std::fs::create_dir_all(out).map_err(|e| mmedpo_core::Error::io(out, e))?;
+
+    let mut model = model.no_grad();
+    let mut moments: BTreeMap<String, Moments<Inner<B>>> = BTreeMap::new();
+    let mut start = 0;
+    let log_path = out.join("log.jsonl");
+    let mut logs: Vec<StepLog> = Vec::new();
+    match latest_checkpoint(out).filter(|_| resume) {
+        Some((step, dir)) => {
+            model.load_adapter(&dir.join("adapter"), device)?;
+            moments = load_moments(&dir.join("optimizer.safetensors"), &Default::default())?;
+            let state: TrainerState = serde_json::from_str(
+                &std::fs::read_to_string(dir.join("trainer_state.json"))
+                    .map_err(|e| mmedpo_core::Error::io(&dir, e))?,
+            )
+            .map_err(|cause| mmedpo_core::Error::Json {
+                path: dir.join("trainer_state.json"),
+                cause,
+            })?;
+            if state.total_steps != total || state.pairs != n || state.seed != settings.seed {
+                return Err(Error::Setting(format!(
+                    "{} was made with other settings ({} steps, {} pairs, seed {}); start a new --out",
+                    dir.display(), state.total_steps, state.pairs, state.seed
+                )));
+            }
+            if settings.projector_lr.is_some() {
+                let proj = dir.join("projector.safetensors");
+                if proj.is_file() {
+                    let mut ck = mmedpo_core::checkpoint::Checkpoint::open(&proj)?;
+                    let d = model.multi_modal_projector.linear_1.weight.dims();
+                    let d2 = model.multi_modal_projector.linear_2.weight.dims();
+                    model.multi_modal_projector.linear_1 =
+                        ck.take_linear("multi_modal_projector.linear_1", d[0], d[1], true, device)?;
+                    model.multi_modal_projector.linear_2 = ck.take_linear(
+                        "multi_modal_projector.linear_2",
+                        d2[0],
+                        d2[1],
+                        true,
+                        device,
+                    )?;
+                }
+            }
+            start = step;
+            if let Ok(text) = std::fs::read_to_string(&log_path) {
+                logs = text
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<StepLog>(l).ok())
+                    .filter(|l| l.step <= step)
+                    .collect();
+            }
+            tracing::info!(step, dir = %dir.display(), "resumed");
+        }
+        None => {
+            let n_layers = model.attach_lora(&settings.lora, settings.layout, device);
+            if n_layers == 0 {
+                return Err(Error::Setting(
+                    "target_modules matched no LLM projection".into(),
+                ));
+            }
+            tracing::info!(
+                layers = n_layers,
+                r = settings.lora.r,
+                alpha = settings.lora.lora_alpha,
+                "LoRA attached"
+            );
+        }
+    }
+    if settings.projector_lr.is_some() {
+        let p = &mut model.multi_modal_projector;
+        for lin in [&mut p.linear_1, &mut p.linear_2] {
+            lin.weight = lin.weight.clone().set_require_grad(true);
+            lin.bias = lin.bias.clone().map(|b| b.set_require_grad(true));
+        }
+    }
+    // Rewrite the log with the kept lines (drops steps after the checkpoint of a killed run).
+    let mut log_file =
+        std::fs::File::create(&log_path).map_err(|e| mmedpo_core::Error::io(&log_path, e))?;
+    for l in &logs {
+        writeln!(log_file, "{}", serde_json::to_string(l).unwrap_or_default())
+            .map_err(|e| mmedpo_core::Error::io(&log_path, e))?;
+    }
+
+    let mut ran = 0;
+    for step in start..total {
+        B::seed(device, settings.seed.wrapping_add(step as u64));
+        let mut acc: BTreeMap<String, Tensor<Inner<B>, 1>> = BTreeMap::new();
+        let (mut loss, mut metrics, mut count) = (0.0, [0.0f64; 6], 0usize);
+        for a in 0..settings.grad_accum {
+            let micro = step * settings.grad_accum + a;
+            let (epoch, pos) = (micro / micro_per_epoch, micro % micro_per_epoch);
+            let order = epoch_order(n, settings.seed, epoch);
+            let idx: Vec<usize> =
+                order[pos * settings.batch_size..((pos + 1) * settings.batch_size).min(n)].to_vec();
+            let prepared: Vec<PreparedPair> = idx
+                .iter()
+                .map(|&i| prepare_pair(tok, &settings.pairs, &records[i]))
+                .collect::<Result<_, _>>()?;
+            let w: Vec<f64> = idx.iter().map(|&i| weights[i]).collect();
+            let refs = reference.as_ref().map(|m| {
+                let c: Vec<f64> = idx
+                    .iter()
+                    .map(|&i| m[&records[i].id.to_string()].0)
+                    .collect();
+                let r: Vec<f64> = idx
+                    .iter()
+                    .map(|&i| m[&records[i].id.to_string()].1)
+                    .collect();
+                (c, r)
+            });
+            let g = loss_and_grads(
+                &mut model,
+                &prepared,
+                &w,
+                refs.as_ref().map(|(c, r)| (c.as_slice(), r.as_slice())),
+                settings,
+                1.0 / settings.grad_accum as f64,
+                device,
+            )?;
+            for (k, v) in g.grads {
+                let sum = match acc.remove(&k) {
+                    Some(prev) => prev + v,
+                    None => v,
+                };
+                acc.insert(k, sum);
+            }
+            loss += g.loss / settings.grad_accum as f64;
+            let [pc, pr, rc, rr] = &g.logps;
+            for i in 0..pc.len() {
+                let (cr, rj) = (
+                    settings.beta * (pc[i] - rc[i]),
+                    settings.beta * (pr[i] - rr[i]),
+                );
+                metrics[0] += cr;
+                metrics[1] += rj;
+                metrics[2] += f64::from(u8::from(cr > rj));
+                metrics[3] += cr - rj;
+                metrics[4] += pc[i];
+                metrics[5] += pr[i];
+                count += 1;
+            }
+        }
+        let norm = acc
+            .values()
+            .map(|g| g.clone().powi_scalar(2).sum().into_scalar().elem::<f64>())
+            .sum::<f64>()
+            .sqrt();
+        let clip = clip_factor(norm, settings.max_grad_norm);
+        let lr = lr_at(settings.learning_rate, step, total, warmup);
+        let proj_lr = settings.projector_lr.map(|p| lr_at(p, step, total, warmup));
+        for (key, is_projector, slot) in
+            trainable(&mut model, settings.layout, settings.projector_lr.is_some())
+        {
+            let Some(g) = acc.get(&key) else { continue };
+            let g = if clip < 1.0 {
+                g.clone().mul_scalar(clip)
+            } else {
+                g.clone()
+            };
+            let lr = if is_projector {
+                proj_lr.unwrap_or(lr)
+            } else {
+                lr
+            };
+            let mut st = moments.remove(&key);
+            match slot {
+                Slot::W2(p) => {
+                    let dims = p.dims();
+                    let cur = p.val().inner().flatten::<1>(0, 1);
+                    let new = settings
+                        .adamw
+                        .update(cur, g, &mut st, lr, step + 1)
+                        .reshape(dims);
+                    *p = Param::initialized(p.id, Tensor::from_inner(new).require_grad());
+                }
+                Slot::W1(p) => {
+                    let new = settings
+                        .adamw
+                        .update(p.val().inner(), g, &mut st, lr, step + 1);
+                    *p = Param::initialized(p.id, Tensor::from_inner(new).require_grad());
+                }
+            }
+            if let Some(st) = st {
+                moments.insert(key, st);
+            }
+        }
+        let c = count.max(1) as f64;
+        let log = StepLog {
+            step: step + 1,
+            epoch: ((step + 1) * settings.grad_accum) as f64 / micro_per_epoch as f64,
+            loss,
+            rewards_chosen: metrics[0] / c,
+            rewards_rejected: metrics[1] / c,
+            rewards_accuracies: metrics[2] / c,
+            rewards_margins: metrics[3] / c,
+            logps_chosen: metrics[4] / c,
+            logps_rejected: metrics[5] / c,
+            learning_rate: lr,
+            grad_norm: norm,
+        };
+        writeln!(
+            log_file,
+            "{}",
+            serde_json::to_string(&log).unwrap_or_default()
+        )
+        .map_err(|e| mmedpo_core::Error::io(&log_path, e))?;
+        log_file
+            .flush()
+            .map_err(|e| mmedpo_core::Error::io(&log_path, e))?;
+        on_step(&log, total);
+        logs.push(log);
+        ran += 1;
+        let done = step + 1;
+        if (settings.save_steps > 0 && done % settings.save_steps == 0) || done == total {
+            save_checkpoint(&model, &moments, settings, out, done, total, n)?;
+        }
+        if settings.stop_after.is_some_and(|s| ran >= s) {
+            break;
+        }
+    }
+    let adapter_dir = out.join("adapter");
+    if logs.last().is_some_and(|l| l.step == total) {
+        let tmp = out.join("adapter.tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        model.save_adapter(&tmp, &settings.lora, settings.layout)?;
+        let _ = std::fs::remove_dir_all(&adapter_dir);
+        std::fs::rename(&tmp, &adapter_dir).map_err(|e| mmedpo_core::Error::io(&adapter_dir, e))?;
+    }
+    Ok(TrainSummary {
+        adapter_dir,
+        log_path,
+        logs,
+        total_steps: total,
+        resumed_from: start,
+    })
+}
+
+fn save_checkpoint<B: AutodiffBackend>(
+    model: &LlavaForConditionalGeneration<B>,
+    moments: &BTreeMap<String, Moments<Inner<B>>>,
+    settings: &TrainSettings,
+    out: &Path,
+    step: usize,
+    total: usize,
+    pairs: usize,
+) -> Result<()> {
+    let dir = out.join(format!("checkpoint-{step}"));
+    let tmp = out.join(format!(".checkpoint-{step}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| mmedpo_core::Error::io(&tmp, e))?;
+    model.save_adapter(&tmp.join("adapter"), &settings.lora, settings.layout)?;
+    save_moments(&tmp.join("optimizer.safetensors"), moments)?;
+    if settings.projector_lr.is_some() {
+        let mut tensors = Vec::new();
+        let p = &model.multi_modal_projector;
+        for (name, lin) in [("linear_1", &p.linear_1), ("linear_2", &p.linear_2)] {
+            let w = lin.weight.val().transpose();
+            tensors.push((
+                format!("multi_modal_projector.{name}.weight"),
+                w.dims().to_vec(),
+                w.into_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .unwrap_or_default(),
+            ));
+            if let Some(b) = &lin.bias {
+                let b = b.val();
+                tensors.push((
+                    format!("multi_modal_projector.{name}.bias"),
+                    b.dims().to_vec(),
+                    b.into_data()
+                        .convert::<f32>()
+                        .to_vec::<f32>()
+                        .unwrap_or_default(),
+                ));
+            }
+        }
+        mmedpo_core::checkpoint::write_safetensors(&tmp.join("projector.safetensors"), &tensors)?;
+    }
+    let state = TrainerState {
+        step,
+        total_steps: total,
+        seed: settings.seed,
+        pairs,
+    };
+    let path = tmp.join("trainer_state.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&state).unwrap_or_default(),
+    )
+    .map_err(|e| mmedpo_core::Error::io(&path, e))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).map_err(|e| mmedpo_core::Error::io(&dir, e))?;
+    tracing::info!(step, dir = %dir.display(), "checkpoint saved");
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! LoRA on LLaVA's language model, in the PEFT layout the Python side uses.
+//!
+//! PEFT keys are `base_model.model.<module path>`; the LLM's module path depends on the Python class:
+//! `model.language_model.layers.N...` for transformers' `LlavaForConditionalGeneration`,
+//! `model.layers.N...` for LLaVA-Med's `LlavaMistralForCausalLM`. Saving uses the path of the
+//! checkpoint's layout; loading reads the path from the adapter's own keys, so either loads.
+
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use mmedpo_lora::peft::{attach_all, load_adapter, save_adapter, PEFT_PREFIX};
+use mmedpo_lora::{LoraConfig, LoraLinear};
+
+use crate::config::Layout;
+use crate::error::{Error, Result};
+use crate::llava::LlavaForConditionalGeneration;
+
+/// The Python module path of the LLM's decoder in each layout.
+pub fn decoder_path(layout: Layout) -> &'static str {
+    match layout {
+        Layout::Hf => "model.language_model.",
+        Layout::Original => "model.",
+    }
+}
+
+impl<B: Backend> LlavaForConditionalGeneration<B> {
+    /// The LLM's projections with their PEFT module paths under `prefix`.
+    pub fn lora_layers_with(&self, prefix: &str) -> Vec<(String, &LoraLinear<B>)> {
+        self.language_model
+            .lora_layers()
+            .into_iter()
+            .map(|(p, l)| (format!("{prefix}{p}"), l))
+            .collect()
+    }
+
+    /// Mutable [`Self::lora_layers_with`].
+    pub fn lora_layers_mut_with(&mut self, prefix: &str) -> Vec<(String, &mut LoraLinear<B>)> {
+        self.language_model
+            .lora_layers_mut()
+            .into_iter()
+            .map(|(p, l)| (format!("{prefix}{p}"), l))
+            .collect()
+    }
+
+    /// Attaches fresh adapters to the targeted LLM projections (never to the tower or projector).
+    pub fn attach_lora(
+        &mut self,
+        config: &LoraConfig,
+        layout: Layout,
+        device: &B::Device,
+    ) -> usize {
+        attach_all(
+            self.lora_layers_mut_with(decoder_path(layout)),
+            config,
+            device,
+        )
+    }
+
+    /// The DPO reference: the same network with every adapter off (weights shared, not copied).
+    pub fn reference(&self) -> Self {
+        let mut m = self.clone();
+        m.language_model = self.language_model.without_adapters();
+        m
+    }
+
+    /// Saves the adapters in the PEFT layout of `layout`.
+    pub fn save_adapter(&self, dir: &Path, config: &LoraConfig, layout: Layout) -> Result<()> {
+        Ok(save_adapter(
+            dir,
+            config,
+            &self.lora_layers_with(decoder_path(layout)),
+        )?)
+    }
+
+    /// Loads a PEFT adapter (either layout's module paths).
+    pub fn load_adapter(&mut self, dir: &Path, device: &B::Device) -> Result<LoraConfig> {
+        let file = dir.join("adapter_model.safetensors");
+        let ckpt = mmedpo_core::checkpoint::Checkpoint::open(&file)?;
+        let prefix = ckpt
+            .keys()
+            .find_map(|k| {
+                let rest = k.strip_prefix(PEFT_PREFIX)?;
+                rest.find("layers.").map(|i| rest[..i].to_string())
+            })
+            .ok_or_else(|| Error::InFile {
+                path: file.clone(),
+                message: "no `base_model.model.*layers.N.*` LoRA keys".into(),
+            })?;
+        drop(ckpt);
+        Ok(load_adapter(
+            dir,
+            self.lora_layers_mut_with(&prefix),
+            device,
+        )?)
+    }
+}

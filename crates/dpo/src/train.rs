@@ -407,6 +407,8 @@ pub fn train<B: AutodiffBackend>(
     let mut start = 0;
     let log_path = out.join("log.jsonl");
     let mut logs: Vec<StepLog> = Vec::new();
+    // The kept lines are rewritten verbatim (a float re-serialised after parsing can move an ulp).
+    let mut kept_lines: Vec<String> = Vec::new();
     match latest_checkpoint(out).filter(|_| resume) {
         Some((step, dir)) => {
             model.load_adapter(&dir.join("adapter"), device)?;
@@ -444,15 +446,19 @@ pub fn train<B: AutodiffBackend>(
             }
             start = step;
             if let Ok(text) = std::fs::read_to_string(&log_path) {
-                logs = text
-                    .lines()
-                    .filter_map(|l| serde_json::from_str::<StepLog>(l).ok())
-                    .filter(|l| l.step <= step)
-                    .collect();
+                for line in text.lines() {
+                    if let Ok(l) = serde_json::from_str::<StepLog>(line) {
+                        if l.step <= step {
+                            logs.push(l);
+                            kept_lines.push(line.to_string());
+                        }
+                    }
+                }
             }
             tracing::info!(step, dir = %dir.display(), "resumed");
         }
         None => {
+            B::seed(device, settings.seed);
             let n_layers = model.attach_lora(&settings.lora, settings.layout, device);
             if n_layers == 0 {
                 return Err(Error::Setting(
@@ -484,6 +490,7 @@ pub fn train<B: AutodiffBackend>(
 
     let mut ran = 0;
     for step in start..total {
+        let step_start = std::time::Instant::now();
         B::seed(device, settings.seed.wrapping_add(step as u64));
         let mut acc: BTreeMap<String, Tensor<Inner<B>, 1>> = BTreeMap::new();
         let (mut loss, mut metrics, mut count) = (0.0, [0.0f64; 6], 0usize);
@@ -608,6 +615,11 @@ pub fn train<B: AutodiffBackend>(
         log_file
             .flush()
             .map_err(|e| mmedpo_core::Error::io(&log_path, e))?;
+        tracing::debug!(
+            step = log.step,
+            seconds = step_start.elapsed().as_secs_f64(),
+            "step"
+        );
         on_step(&log, total);
         logs.push(log);
         ran += 1;

@@ -581,7 +581,6 @@ impl<B: Backend> Mlp<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mmedpo_lora::LoraLinear;
 
     use crate::config::{DecoderConfig, RopeScaling};
     use burn::tensor::Tolerance;

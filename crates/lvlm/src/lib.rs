@@ -24,5 +24,6 @@ pub mod score;
 pub use config::{Layout, LlavaConfig};
 pub use error::{Error, Result};
 pub use llava::{LlavaForConditionalGeneration, MultimodalInputs, Sequence};
+pub use loader::save_llava;
 pub use loader::{load_llava, LoadedLlava};
 pub use mmedpo_llm::Tokenizer;

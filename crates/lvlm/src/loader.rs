@@ -164,3 +164,73 @@ pub fn load_llava<B: Backend>(
         tower_report,
     })
 }
+
+/// The llava-hf `config.json` of a config.
+pub fn hf_config_json(config: &LlavaConfig) -> serde_json::Value {
+    let vision = config
+        .vision
+        .clone()
+        .unwrap_or_else(ClipVisionConfig::vit_large_patch14_336);
+    let mut vjson = serde_json::to_value(&vision).unwrap_or_default();
+    vjson["model_type"] = "clip_vision_model".into();
+    serde_json::json!({
+        "architectures": ["LlavaForConditionalGeneration"],
+        "model_type": "llava",
+        "text_config": mmedpo_llm::loader::hf_config_json(&config.text),
+        "vision_config": vjson,
+        "vision_feature_layer": config.select_layer,
+        "vision_feature_select_strategy": match config.select_feature { SelectFeature::Patch => "default", SelectFeature::ClsPatch => "full" },
+        "projector_hidden_act": "gelu",
+        "multimodal_projector_bias": true,
+        "image_token_index": config.image_token_id.unwrap_or(32000),
+        "tie_word_embeddings": false,
+    })
+}
+
+/// Saves a LLaVA as a llava-hf directory (`config.json` + `model.safetensors`, f32), the layout
+/// transformers' `LlavaForConditionalGeneration.from_pretrained` reads.
+pub fn save_llava<B: Backend>(
+    model: &LlavaForConditionalGeneration<B>,
+    config: &LlavaConfig,
+    dir: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| mmedpo_core::Error::io(dir, e))?;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> =
+        mmedpo_llm::loader::hf_tensors(&model.language_model)
+            .into_iter()
+            .map(|(k, s, d)| (format!("language_model.{k}"), s, d))
+            .collect();
+    tensors.extend(
+        mmedpo_vision::loader::hf_tensors(&model.vision_tower)
+            .into_iter()
+            .map(|(k, s, d)| (format!("vision_tower.vision_model.{k}"), s, d)),
+    );
+    let p = &model.multi_modal_projector;
+    for (name, lin) in [("linear_1", &p.linear_1), ("linear_2", &p.linear_2)] {
+        let w = lin.weight.val().transpose();
+        tensors.push((
+            format!("multi_modal_projector.{name}.weight"),
+            w.dims().to_vec(),
+            w.into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap_or_default(),
+        ));
+        if let Some(b) = &lin.bias {
+            let b = b.val();
+            tensors.push((
+                format!("multi_modal_projector.{name}.bias"),
+                b.dims().to_vec(),
+                b.into_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .unwrap_or_default(),
+            ));
+        }
+    }
+    mmedpo_core::checkpoint::write_safetensors(&dir.join("model.safetensors"), &tensors)?;
+    let cfg_path = dir.join("config.json");
+    let text = serde_json::to_string_pretty(&hf_config_json(config)).unwrap_or_default();
+    std::fs::write(&cfg_path, text).map_err(|e| mmedpo_core::Error::io(&cfg_path, e))?;
+    Ok(())
+}

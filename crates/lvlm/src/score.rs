@@ -13,7 +13,7 @@ use mmedpo_vision::preprocess::{normalize, preprocess_u8};
 use mmedpo_vision::AspectRatio;
 
 use crate::error::{Error, Result};
-use crate::llava::{sequence_logps, LlavaForConditionalGeneration, Sequence};
+use crate::llava::{LlavaForConditionalGeneration, Sequence};
 use crate::prompt::{check_placeholders, conversation_labels};
 
 /// Log-probabilities of one pair (one line of `mmedpo score`'s output).
@@ -152,8 +152,7 @@ pub fn pair_logps<B: Backend>(
         .collect();
     let image_of: Vec<usize> = (0..2 * b).collect();
     let inputs = model.prepare(&seqs, features, &image_of, false)?;
-    let logits = model.forward(&inputs);
-    let (logps, counts) = sequence_logps(logits, &inputs.labels);
+    let (logps, counts) = model.labelled_logps(&inputs);
     Ok(PairLogps {
         chosen: logps.clone().narrow(0, 0, b),
         rejected: logps.narrow(0, b, b),

@@ -3,12 +3,12 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
 /// Activation of the CLIP MLP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClipActivation {
     /// `x * sigmoid(1.702 x)` (OpenAI CLIP).
@@ -19,7 +19,7 @@ pub enum ClipActivation {
 
 /// `CLIPVisionConfig`, field names verbatim; defaults are transformers' (ViT-B/32), so real
 /// configs must state their sizes.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClipVisionConfig {
     /// Width.
     #[serde(default = "d_hidden")]

@@ -173,3 +173,67 @@ pub fn load_clip<B: Backend>(
     tracing::info!(dir = %dir.display(), "vision tower: {report}");
     Ok((model, config, report))
 }
+
+fn host<B: Backend, const D: usize>(t: burn::tensor::Tensor<B, D>) -> (Vec<usize>, Vec<f32>) {
+    let shape = t.dims().to_vec();
+    (
+        shape,
+        t.into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .unwrap_or_default(),
+    )
+}
+
+/// The tower's parameters under HF keys relative to the tower (`embeddings.*`, `encoder.*`,
+/// `pre_layrnorm.*`, `post_layernorm.*`), PyTorch layouts, f32.
+pub fn hf_tensors<B: Backend>(model: &ClipVisionModel<B>) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut out = Vec::new();
+    let mut push = |k: String, (s, d): (Vec<usize>, Vec<f32>)| out.push((k, s, d));
+    let m = &model.vision_model;
+    push(
+        "embeddings.class_embedding".into(),
+        host(m.embeddings.class_embedding.val()),
+    );
+    push(
+        "embeddings.patch_embedding.weight".into(),
+        host(m.embeddings.patch_embedding.weight.val()),
+    );
+    push(
+        "embeddings.position_embedding.weight".into(),
+        host(m.embeddings.position_embedding.weight.val()),
+    );
+    let norm = |push: &mut dyn FnMut(String, (Vec<usize>, Vec<f32>)),
+                k: &str,
+                n: &burn::nn::LayerNorm<B>| {
+        push(format!("{k}.weight"), host(n.gamma.val()));
+        if let Some(b) = &n.beta {
+            push(format!("{k}.bias"), host(b.val()));
+        }
+    };
+    norm(&mut push, "pre_layrnorm", &m.pre_layrnorm);
+    norm(&mut push, "post_layernorm", &m.post_layernorm);
+    for (i, l) in m.encoder.layers.iter().enumerate() {
+        let p = format!("encoder.layers.{i}");
+        let a = &l.self_attn;
+        for (n, lin) in [
+            ("self_attn.q_proj", &a.q_proj),
+            ("self_attn.k_proj", &a.k_proj),
+            ("self_attn.v_proj", &a.v_proj),
+            ("self_attn.out_proj", &a.out_proj),
+            ("mlp.fc1", &l.mlp.fc1),
+            ("mlp.fc2", &l.mlp.fc2),
+        ] {
+            push(
+                format!("{p}.{n}.weight"),
+                host(lin.weight.val().transpose()),
+            );
+            if let Some(b) = &lin.bias {
+                push(format!("{p}.{n}.bias"), host(b.val()));
+            }
+        }
+        norm(&mut push, &format!("{p}.layer_norm1"), &l.layer_norm1);
+        norm(&mut push, &format!("{p}.layer_norm2"), &l.layer_norm2);
+    }
+    out
+}

@@ -1,5 +1,9 @@
 //! `cargo xtask`: project automation. Depends on no workspace crate; shells out to `cargo`.
 //!
+//! * `cargo xtask train [--config FILE] [ARGS]`: `mmedpo train`. Without `--config`, the embedded
+//!   default: random weights for `models/tiny-llava/config.json` (seed 0, drawn once into
+//!   `out/tiny-llava`) trained on `data/default/pairs.json` with `models/tiny-llava/train.toml`.
+//!   `--device cuda` builds with the `cuda` feature.
 //! * `cargo xtask bench llm [ARGS]`: `mmedpo bench llm` (Flex, release) and, with `--torch`, the
 //!   PyTorch reference `crates/llm/scripts/bench_torch.py` on the same config and machine
 //!   (`MMEDPO_PYTHON` names the interpreter; default `python3`).
@@ -40,6 +44,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     match args.first().map(String::as_str) {
+        Some("train") => train(&rest),
         Some("bench") => bench(&rest),
         Some("validate") => {
             run(cargo().args(["fmt", "--all", "--check"]))?;
@@ -64,10 +69,42 @@ fn main() -> Result<()> {
             Ok(())
         }
         _ => {
-            eprintln!("usage: cargo xtask <bench llm [--torch] [ARGS] | validate | goldens>");
+            eprintln!("usage: cargo xtask <train [--config FILE] [ARGS] | bench llm [--torch] [ARGS] | validate | goldens>");
             std::process::exit(2);
         }
     }
+}
+
+fn mmedpo(cuda: bool) -> Command {
+    let mut c = cargo();
+    c.args(["run", "--release", "-q", "-p", "mmedpo-runner"]);
+    if cuda {
+        c.args(["--features", "cuda"]);
+    }
+    c.arg("--");
+    c
+}
+
+fn train(args: &[&str]) -> Result<()> {
+    let cuda = args.windows(2).any(|w| w == ["--device", "cuda"]);
+    if args.contains(&"--config") {
+        return run(mmedpo(cuda).arg("train").args(args));
+    }
+    let model = root().join("out/tiny-llava");
+    if !model.join("model.safetensors").is_file() {
+        run(mmedpo(cuda).args([
+            "init-model",
+            "--config",
+            "models/tiny-llava/config.json",
+            "--seed",
+            "0",
+            "--out",
+            "out/tiny-llava",
+        ]))?;
+    }
+    run(mmedpo(cuda)
+        .args(["train", "--config", "models/tiny-llava/train.toml"])
+        .args(args))
 }
 
 fn bench(args: &[&str]) -> Result<()> {

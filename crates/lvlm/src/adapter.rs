@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
+use mmedpo_lora::config::TargetModules;
 use mmedpo_lora::peft::{attach_all, load_adapter, save_adapter, PEFT_PREFIX};
 use mmedpo_lora::{LoraConfig, LoraLinear};
 
@@ -63,13 +64,28 @@ impl<B: Backend> LlavaForConditionalGeneration<B> {
         m
     }
 
-    /// Saves the adapters in the PEFT layout of `layout`.
+    /// Saves the adapters in the PEFT layout of `layout`. `target_modules` is written as a regex
+    /// naming exactly the adapted LLM projections, so PEFT does not also wrap the CLIP tower's
+    /// `q_proj`/`k_proj`/`v_proj` (which a plain name list would match).
     pub fn save_adapter(&self, dir: &Path, config: &LoraConfig, layout: Layout) -> Result<()> {
-        Ok(save_adapter(
-            dir,
-            config,
-            &self.lora_layers_with(decoder_path(layout)),
-        )?)
+        let layers = self.lora_layers_with(decoder_path(layout));
+        let mut names: Vec<&str> = layers
+            .iter()
+            .filter(|(_, l)| l.lora.is_some())
+            .filter_map(|(p, _)| p.rsplit('.').next())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let prefix = regex_escape(decoder_path(layout));
+        let pattern = format!(
+            r"{prefix}layers\.\d+\.(self_attn|mlp)\.({})",
+            names.join("|")
+        );
+        let config = LoraConfig {
+            target_modules: TargetModules::Regex(pattern),
+            ..config.clone()
+        };
+        Ok(save_adapter(dir, &config, &layers)?)
     }
 
     /// Loads a PEFT adapter (either layout's module paths).
@@ -93,4 +109,8 @@ impl<B: Backend> LlavaForConditionalGeneration<B> {
             device,
         )?)
     }
+}
+
+fn regex_escape(s: &str) -> String {
+    s.replace('.', r"\.")
 }

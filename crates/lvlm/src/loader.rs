@@ -182,7 +182,7 @@ pub fn hf_config_json(config: &LlavaConfig) -> serde_json::Value {
         "vision_feature_select_strategy": match config.select_feature { SelectFeature::Patch => "default", SelectFeature::ClsPatch => "full" },
         "projector_hidden_act": "gelu",
         "multimodal_projector_bias": true,
-        "image_token_index": config.image_token_id.unwrap_or(32000),
+        "image_token_index": config.image_token_id.unwrap_or(config.text.vocab_size as i64 - 1),
         "tie_word_embeddings": false,
     })
 }

@@ -206,6 +206,9 @@ pub struct ScoreMeta {
     pub data_fingerprint: String,
     /// Template used.
     pub template: String,
+    /// `dir_fingerprint` of the LoRA adapter, when one was applied.
+    #[serde(default)]
+    pub adapter_fingerprint: Option<String>,
 }
 
 impl ScoreMeta {
@@ -225,6 +228,7 @@ impl ScoreMeta {
             vision_tower_fingerprint: vision_tower.map(dir_fingerprint).transpose()?,
             data_fingerprint: fingerprint(bytes.iter().map(Vec::as_slice)),
             template: template.to_string(),
+            adapter_fingerprint: None,
         })
     }
 

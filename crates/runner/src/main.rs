@@ -4,7 +4,9 @@
 mod bench;
 mod common;
 mod generate;
+mod plot;
 mod score;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -21,6 +23,10 @@ struct Cli {
 enum Command {
     /// Generate text with a Llama/Mistral model from a Hugging Face directory.
     Generate(generate::GenerateArgs),
+    /// Align a LLaVA model with clinically weighted DPO (LoRA adapter out).
+    Train(train::TrainArgs),
+    /// Random weights for a LLaVA config (the embedded default model of `cargo xtask train`).
+    InitModel(train::InitModelArgs),
     /// Log-probabilities of preference pairs under a LLaVA model (also the reference precompute).
     Score(score::ScoreArgs),
     /// Measure throughput (prefill/decode tokens/s, matmul GFLOP/s) on a backend.
@@ -91,6 +97,8 @@ fn main() -> std::process::ExitCode {
     let result: Result<()> = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Score(args) => score::run(args),
+        Command::Train(args) => train::run(args),
+        Command::InitModel(args) => train::init_model(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

@@ -31,6 +31,9 @@ pub struct ScoreArgs {
     /// tokenizer.json (default: MODEL/tokenizer.json).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// A PEFT LoRA adapter directory (e.g. `mmedpo train`'s OUT/adapter) applied to the LLM.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// Preference file(s) in the MMedPO format.
     #[arg(long, required = true)]
     data: Vec<PathBuf>,
@@ -133,7 +136,10 @@ fn run_on<B: Backend>(args: &ScoreArgs, device: &B::Device) -> Result<()> {
     );
 
     let tokenizer = load_tokenizer(&args.model, args.tokenizer.as_deref())?;
-    let llava = load_llava::<B>(&args.model, args.vision_tower.as_deref(), device)?;
+    let mut llava = load_llava::<B>(&args.model, args.vision_tower.as_deref(), device)?;
+    if let Some(adapter) = &args.adapter {
+        llava.model.load_adapter(adapter, device)?;
+    }
     crate::common::check_vocab(&tokenizer, llava.config.text.vocab_size, &args.model)?;
     let image_size = llava.config.vision.as_ref().map_or(336, |v| v.image_size) as u32;
     let settings = PairSettings {

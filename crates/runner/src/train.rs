@@ -1,0 +1,544 @@
+//! `mmedpo train` and `mmedpo init-model`.
+//!
+//! Configuration flows in two stages: the TOML file (unknown keys are an error) with the command
+//! line's flags on top → a resolved [`TrainConfig`] with every value set, saved as
+//! `OUT/train_config.toml` before anything runs → library calls.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use mmedpo_dpo::data::{load_records, WeightMode, WeightStats};
+use mmedpo_dpo::loss::LossType;
+use mmedpo_dpo::optim::AdamW;
+use mmedpo_dpo::{train, Reference, TrainSettings};
+use mmedpo_llm::Template;
+use mmedpo_lora::config::TargetModules;
+use mmedpo_lora::LoraConfig;
+use mmedpo_lvlm::score::{PairSettings, ScoreMeta};
+use mmedpo_lvlm::{load_llava, save_llava, LlavaConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::common::{check_vocab, load_tokenizer};
+use crate::{DeviceKind, Dtype};
+
+/// `[lora]` of the config file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSection {
+    /// Rank.
+    pub r: usize,
+    /// Alpha.
+    pub alpha: f64,
+    /// Dropout on the adapter input.
+    pub dropout: f64,
+    /// Targeted projections (names or one regex).
+    pub target_modules: TargetModules,
+}
+
+/// `[dpo]` of the config file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpoSection {
+    /// DPO β.
+    pub beta: f64,
+    /// sigmoid | hinge | ipo.
+    pub loss: LossType,
+    /// raw | paper | none.
+    pub weight_mode: WeightMode,
+    /// global | per-source.
+    pub weight_stats: WeightStats,
+    /// `adapter-off`, or a `mmedpo score` JSONL of the base model.
+    pub reference: String,
+}
+
+/// `[optim]` of the config file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimSection {
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// Projector learning rate (trains the projector when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projector_lr: Option<f64>,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Warmup fraction.
+    pub warmup_ratio: f64,
+    /// Epochs.
+    pub epochs: usize,
+    /// Optimizer steps (overrides epochs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<usize>,
+    /// Pairs per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per step.
+    pub grad_accum: usize,
+    /// Global gradient-norm clip.
+    pub max_grad_norm: f64,
+    /// Seed.
+    pub seed: u64,
+    /// Checkpoint every N steps (0: at the end only).
+    pub save_steps: usize,
+}
+
+/// The whole resolved training configuration (what `OUT/train_config.toml` holds).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// LLaVA model directory.
+    pub model: PathBuf,
+    /// Separate CLIP tower directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vision_tower: Option<PathBuf>,
+    /// tokenizer.json (default MODEL/tokenizer.json).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<PathBuf>,
+    /// Preference files.
+    pub data: Vec<PathBuf>,
+    /// Image folder.
+    pub image_root: PathBuf,
+    /// Output folder.
+    pub out: PathBuf,
+    /// Conversation template.
+    pub template: String,
+    /// cpu | cuda.
+    pub device: String,
+    /// f32 | bf16.
+    pub dtype: String,
+    /// LoRA.
+    pub lora: LoraSection,
+    /// DPO.
+    pub dpo: DpoSection,
+    /// Optimizer and schedule.
+    pub optim: OptimSection,
+}
+
+/// Partial config as read from a file: everything optional, unknown keys refused. Only parsed to
+/// reject unknown top-level keys with serde's message; the values are merged as a TOML table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct RawConfig {
+    model: Option<PathBuf>,
+    vision_tower: Option<PathBuf>,
+    tokenizer: Option<PathBuf>,
+    data: Option<Vec<PathBuf>>,
+    image_root: Option<PathBuf>,
+    out: Option<PathBuf>,
+    template: Option<String>,
+    device: Option<String>,
+    dtype: Option<String>,
+    lora: Option<toml::Table>,
+    dpo: Option<toml::Table>,
+    optim: Option<toml::Table>,
+}
+
+/// Arguments of `mmedpo train` (each overrides the config file).
+#[derive(Args, Debug, Default)]
+pub struct TrainArgs {
+    /// TOML config (see docs/train-llava-med.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// LLaVA model directory.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// CLIP tower directory.
+    #[arg(long)]
+    vision_tower: Option<PathBuf>,
+    /// tokenizer.json.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Preference file (repeatable).
+    #[arg(long)]
+    data: Vec<PathBuf>,
+    /// Image folder.
+    #[arg(long)]
+    image_root: Option<PathBuf>,
+    /// Output folder (adapter, log, plot, checkpoints).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Optimizer steps.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// LoRA rank.
+    #[arg(long)]
+    lora_r: Option<usize>,
+    /// LoRA alpha.
+    #[arg(long)]
+    lora_alpha: Option<f64>,
+    /// Learning rate.
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    /// DPO β.
+    #[arg(long)]
+    beta: Option<f64>,
+    /// raw | paper | none.
+    #[arg(long)]
+    weight_mode: Option<String>,
+    /// Seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Pairs per micro-batch.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    /// Checkpoint every N steps.
+    #[arg(long)]
+    save_steps: Option<usize>,
+    /// Continue from the latest checkpoint in --out.
+    #[arg(long)]
+    resume: bool,
+    /// cpu | cuda.
+    #[arg(long, value_enum)]
+    device: Option<DeviceKind>,
+    /// f32 | bf16.
+    #[arg(long, value_enum)]
+    dtype: Option<Dtype>,
+}
+
+fn defaults() -> toml::Table {
+    toml::toml! {
+        template = "vicuna_v1"
+        device = "cpu"
+        dtype = "f32"
+        [lora]
+        r = 128
+        alpha = 256.0
+        dropout = 0.0
+        target_modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        [dpo]
+        beta = 0.1
+        loss = "sigmoid"
+        weight_mode = "raw"
+        weight_stats = "global"
+        reference = "adapter-off"
+        [optim]
+        learning_rate = 1e-7
+        weight_decay = 0.0
+        warmup_ratio = 0.03
+        epochs = 3
+        batch_size = 1
+        grad_accum = 4
+        max_grad_norm = 1.0
+        seed = 42
+        save_steps = 0
+    }
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Resolves file + flags into a full config; unknown keys and missing required values are errors.
+pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
+    let mut table = defaults();
+    if let Some(path) = &args.config {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let raw: toml::Table =
+            toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
+        // Unknown keys are errors (checked on the raw file, with its own sections).
+        let _: RawConfig =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        for (section, keys) in [
+            ("lora", &["r", "alpha", "dropout", "target_modules"][..]),
+            (
+                "dpo",
+                &["beta", "loss", "weight_mode", "weight_stats", "reference"][..],
+            ),
+            (
+                "optim",
+                &[
+                    "learning_rate",
+                    "projector_lr",
+                    "weight_decay",
+                    "warmup_ratio",
+                    "epochs",
+                    "max_steps",
+                    "batch_size",
+                    "grad_accum",
+                    "max_grad_norm",
+                    "seed",
+                    "save_steps",
+                ][..],
+            ),
+        ] {
+            if let Some(toml::Value::Table(t)) = raw.get(section) {
+                if let Some(bad) = t.keys().find(|k| !keys.contains(&k.as_str())) {
+                    bail!(
+                        "{}: unknown key `{bad}` in [{section}] (known: {})",
+                        path.display(),
+                        keys.join(", ")
+                    );
+                }
+            }
+        }
+        merge(&mut table, raw);
+    }
+    let mut set = |path: &[&str], v: toml::Value| {
+        let mut t = &mut table;
+        for p in &path[..path.len() - 1] {
+            t = t
+                .entry(p.to_string())
+                .or_insert_with(|| toml::Value::Table(Default::default()))
+                .as_table_mut()
+                .expect("section");
+        }
+        t.insert(path[path.len() - 1].to_string(), v);
+    };
+    let path_value = |p: &Path| toml::Value::String(p.display().to_string());
+    if let Some(v) = &args.model {
+        set(&["model"], path_value(v));
+    }
+    if let Some(v) = &args.vision_tower {
+        set(&["vision_tower"], path_value(v));
+    }
+    if let Some(v) = &args.tokenizer {
+        set(&["tokenizer"], path_value(v));
+    }
+    if !args.data.is_empty() {
+        set(
+            &["data"],
+            toml::Value::Array(args.data.iter().map(|p| path_value(p)).collect()),
+        );
+    }
+    if let Some(v) = &args.image_root {
+        set(&["image_root"], path_value(v));
+    }
+    if let Some(v) = &args.out {
+        set(&["out"], path_value(v));
+    }
+    if let Some(v) = args.max_steps {
+        set(&["optim", "max_steps"], toml::Value::Integer(v as i64));
+    }
+    if let Some(v) = args.epochs {
+        set(&["optim", "epochs"], toml::Value::Integer(v as i64));
+    }
+    if let Some(v) = args.lora_r {
+        set(&["lora", "r"], toml::Value::Integer(v as i64));
+    }
+    if let Some(v) = args.lora_alpha {
+        set(&["lora", "alpha"], toml::Value::Float(v));
+    }
+    if let Some(v) = args.learning_rate {
+        set(&["optim", "learning_rate"], toml::Value::Float(v));
+    }
+    if let Some(v) = args.beta {
+        set(&["dpo", "beta"], toml::Value::Float(v));
+    }
+    if let Some(v) = &args.weight_mode {
+        set(&["dpo", "weight_mode"], toml::Value::String(v.clone()));
+    }
+    if let Some(v) = args.seed {
+        set(&["optim", "seed"], toml::Value::Integer(v as i64));
+    }
+    if let Some(v) = args.batch_size {
+        set(&["optim", "batch_size"], toml::Value::Integer(v as i64));
+    }
+    if let Some(v) = args.grad_accum {
+        set(&["optim", "grad_accum"], toml::Value::Integer(v as i64));
+    }
+    if let Some(v) = args.save_steps {
+        set(&["optim", "save_steps"], toml::Value::Integer(v as i64));
+    }
+    if let Some(v) = args.device {
+        set(
+            &["device"],
+            toml::Value::String(format!("{v:?}").to_lowercase()),
+        );
+    }
+    if let Some(v) = args.dtype {
+        set(
+            &["dtype"],
+            toml::Value::String(format!("{v:?}").to_lowercase()),
+        );
+    }
+    for key in ["model", "data", "image_root", "out"] {
+        if !table.contains_key(key) {
+            bail!(
+                "no `{key}`: give --{} or set it in --config",
+                key.replace('_', "-")
+            );
+        }
+    }
+    let text = toml::to_string(&table)?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid training configuration: {e}"))
+}
+
+/// Runs `mmedpo train`.
+pub fn run(args: TrainArgs) -> Result<()> {
+    let config = resolve(&args)?;
+    std::fs::create_dir_all(&config.out)
+        .with_context(|| format!("creating {}", config.out.display()))?;
+    let resolved = config.out.join("train_config.toml");
+    std::fs::write(&resolved, toml::to_string_pretty(&config)?)
+        .with_context(|| format!("writing {}", resolved.display()))?;
+    let kind = match config.device.as_str() {
+        "cpu" => DeviceKind::Cpu,
+        "cuda" => DeviceKind::Cuda,
+        other => bail!("device = {other:?}: expected \"cpu\" or \"cuda\""),
+    };
+    match (kind, config.dtype.as_str()) {
+        (DeviceKind::Cpu, "f32") => run_on::<mmedpo_core::backend::CpuAutodiff>(&config, args.resume, &Default::default()),
+        #[cfg(feature = "cuda")]
+        (DeviceKind::Cuda, "f32") => run_on::<burn::backend::Autodiff<mmedpo_core::backend::Gpu>>(&config, args.resume, &burn::backend::cuda::CudaDevice::new(0)),
+        #[cfg(feature = "cuda")]
+        (DeviceKind::Cuda, "bf16") => run_on::<burn::backend::Autodiff<mmedpo_core::backend::GpuBf16>>(&config, args.resume, &burn::backend::cuda::CudaDevice::new(0)),
+        #[cfg(not(feature = "cuda"))]
+        (DeviceKind::Cuda, _) => bail!("this mmedpo was built without CUDA; rebuild with `cargo build --release --features cuda`"),
+        (_, other) => bail!("dtype = {other:?} is not available on {kind:?} (cpu: f32; cuda: f32 or bf16)"),
+    }
+}
+
+fn run_on<B: AutodiffBackend>(
+    config: &TrainConfig,
+    resume: bool,
+    device: &B::Device,
+) -> Result<()> {
+    let template = Template::from_name(&config.template)?;
+    let records = load_records(&config.data)?;
+    let tokenizer = load_tokenizer(&config.model, config.tokenizer.as_deref())?;
+    let loaded = load_llava::<B>(&config.model, config.vision_tower.as_deref(), device)?;
+    check_vocab(&tokenizer, loaded.config.text.vocab_size, &config.model)?;
+    let lora = LoraConfig {
+        lora_dropout: config.lora.dropout,
+        target_modules: config.lora.target_modules.clone(),
+        base_model_name_or_path: Some(config.model.display().to_string()),
+        ..LoraConfig::new(config.lora.r, config.lora.alpha)
+    };
+    let (reference, meta) = match config.dpo.reference.as_str() {
+        "adapter-off" => (Reference::AdapterOff, None),
+        path => (
+            Reference::File(PathBuf::from(path)),
+            Some(ScoreMeta::of(
+                &config.model,
+                config.vision_tower.as_deref(),
+                &config.data,
+                &config.template,
+            )?),
+        ),
+    };
+    let image_size = loaded.config.vision.as_ref().map_or(336, |v| v.image_size) as u32;
+    let settings = TrainSettings {
+        lora,
+        beta: config.dpo.beta,
+        loss_type: config.dpo.loss,
+        weight_mode: config.dpo.weight_mode,
+        weight_stats: config.dpo.weight_stats,
+        learning_rate: config.optim.learning_rate,
+        projector_lr: config.optim.projector_lr,
+        adamw: AdamW {
+            weight_decay: config.optim.weight_decay,
+            ..AdamW::default()
+        },
+        warmup_ratio: config.optim.warmup_ratio,
+        epochs: config.optim.epochs,
+        max_steps: config.optim.max_steps,
+        batch_size: config.optim.batch_size,
+        grad_accum: config.optim.grad_accum,
+        max_grad_norm: config.optim.max_grad_norm,
+        seed: config.optim.seed,
+        save_steps: config.optim.save_steps,
+        pairs: PairSettings {
+            template,
+            image_root: config.image_root.clone(),
+            aspect: loaded.config.aspect,
+            image_size,
+        },
+        reference,
+        layout: loaded.config.layout,
+        stop_after: None,
+    };
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let summary = train(
+        loaded.model,
+        &tokenizer,
+        &records,
+        meta.as_ref(),
+        &settings,
+        &config.out,
+        resume,
+        device,
+        &mut |log, total| {
+            bar.set_length(total as u64);
+            bar.set_position(log.step as u64);
+            bar.set_message(format!(
+                "loss {:.4}  margin {:+.3}  acc {:.2}",
+                log.loss, log.rewards_margins, log.rewards_accuracies
+            ));
+        },
+    )?;
+    bar.finish_and_clear();
+    let plot = config.out.join("training.png");
+    if let Err(e) = crate::plot::plot_training(&summary.logs, &plot) {
+        tracing::warn!("no plot: {e:#}");
+    }
+    let last = summary.logs.last();
+    eprintln!(
+        "trained {} step(s){} on {} pair(s): final loss {:.4}, reward margin {:+.3}, reward accuracy {:.2}",
+        summary.total_steps,
+        if summary.resumed_from > 0 { format!(" (resumed at {})", summary.resumed_from) } else { String::new() },
+        records.len(),
+        last.map_or(f64::NAN, |l| l.loss),
+        last.map_or(f64::NAN, |l| l.rewards_margins),
+        last.map_or(f64::NAN, |l| l.rewards_accuracies),
+    );
+    eprintln!("adapter (PEFT): {}", summary.adapter_dir.display());
+    eprintln!("log (JSONL):    {}", summary.log_path.display());
+    eprintln!("plot:           {}", plot.display());
+    eprintln!(
+        "config:         {}",
+        config.out.join("train_config.toml").display()
+    );
+    Ok(())
+}
+
+/// Arguments of `mmedpo init-model`.
+#[derive(Args, Debug)]
+pub struct InitModelArgs {
+    /// A llava-hf `config.json` (e.g. models/tiny-llava/config.json).
+    #[arg(long)]
+    config: PathBuf,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output directory (llava-hf layout).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Runs `mmedpo init-model`: random weights for a LLaVA config, saved as a llava-hf directory.
+pub fn init_model(args: InitModelArgs) -> Result<()> {
+    let config = LlavaConfig::from_file(&args.config)?;
+    type B = mmedpo_core::backend::Cpu;
+    let device = Default::default();
+    B::seed(&device, args.seed);
+    let model = config.init::<B>(&device);
+    save_llava(&model, &config, &args.out)?;
+    eprintln!(
+        "random LLaVA ({} text layers, {} image tokens) written to {}",
+        config.text.num_hidden_layers,
+        config.image_tokens(),
+        args.out.display()
+    );
+    Ok(())
+}

@@ -664,30 +664,7 @@ fn save_checkpoint<B: AutodiffBackend>(
     model.save_adapter(&tmp.join("adapter"), &settings.lora, settings.layout)?;
     save_moments(&tmp.join("optimizer.safetensors"), moments)?;
     if settings.projector_lr.is_some() {
-        let mut tensors = Vec::new();
-        let p = &model.multi_modal_projector;
-        for (name, lin) in [("linear_1", &p.linear_1), ("linear_2", &p.linear_2)] {
-            let w = lin.weight.val().transpose();
-            tensors.push((
-                format!("multi_modal_projector.{name}.weight"),
-                w.dims().to_vec(),
-                w.into_data()
-                    .convert::<f32>()
-                    .to_vec::<f32>()
-                    .unwrap_or_default(),
-            ));
-            if let Some(b) = &lin.bias {
-                let b = b.val();
-                tensors.push((
-                    format!("multi_modal_projector.{name}.bias"),
-                    b.dims().to_vec(),
-                    b.into_data()
-                        .convert::<f32>()
-                        .to_vec::<f32>()
-                        .unwrap_or_default(),
-                ));
-            }
-        }
+        let tensors = model.multi_modal_projector.hf_tensors();
         mmedpo_core::checkpoint::write_safetensors(&tmp.join("projector.safetensors"), &tensors)?;
     }
     let state = TrainerState {

@@ -6,79 +6,13 @@
 //! tests compete for the thread pool, which moves results in the last bit. Alone (as a training run
 //! is), the computation is repeatable and the bytes are equal.
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use burn::tensor::backend::Backend;
-use mmedpo_core::backend::CpuAutodiff;
+use std::path::Path;
+
+use common::*;
 use mmedpo_core::record::read_records;
-use mmedpo_dpo::data::{WeightMode, WeightStats};
-use mmedpo_dpo::loss::LossType;
-use mmedpo_dpo::optim::AdamW;
-use mmedpo_dpo::train::{train, Reference, TrainSettings};
-use mmedpo_lora::LoraConfig;
-use mmedpo_lvlm::score::PairSettings;
-use mmedpo_lvlm::{Layout, LlavaConfig, LlavaForConditionalGeneration, Tokenizer};
-
-type B = CpuAutodiff;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-fn tok() -> Tokenizer {
-    Tokenizer::from_file(&root().join("models/mistral-tokenizer/tokenizer.json")).unwrap()
-}
-/// The tiny model with weights drawn once from seed 0 and saved (Burn initialises parameters
-/// lazily, so only a saved model gives every run the same base weights).
-fn model() -> LlavaForConditionalGeneration<B> {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    let device = Default::default();
-    let dir = DIR.get_or_init(|| {
-        let dir = tmp("base-model");
-        let config = LlavaConfig::from_file(&root().join("models/tiny-llava/config.json")).unwrap();
-        mmedpo_core::backend::Cpu::seed(&Default::default(), 0);
-        let m = config.init::<mmedpo_core::backend::Cpu>(&Default::default());
-        mmedpo_lvlm::save_llava(&m, &config, &dir).unwrap();
-        dir
-    });
-    mmedpo_lvlm::load_llava::<B>(dir, None, &device)
-        .unwrap()
-        .model
-}
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mmedpo-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn settings() -> TrainSettings {
-    TrainSettings {
-        lora: LoraConfig::new(8, 16.0),
-        beta: 0.1,
-        loss_type: LossType::Sigmoid,
-        weight_mode: WeightMode::Raw,
-        weight_stats: WeightStats::Global,
-        learning_rate: 5e-3,
-        projector_lr: None,
-        adamw: AdamW::default(),
-        warmup_ratio: 0.1,
-        epochs: 1,
-        max_steps: None,
-        batch_size: 4,
-        grad_accum: 1,
-        max_grad_norm: 1.0,
-        seed: 3,
-        save_steps: 0,
-        pairs: PairSettings {
-            template: mmedpo_llm::Template::VicunaV1,
-            image_root: root().join("data/images"),
-            aspect: mmedpo_vision::AspectRatio::Pad,
-            image_size: 56,
-        },
-        reference: Reference::AdapterOff,
-        layout: Layout::Hf,
-        stop_after: None,
-    }
-}
+use mmedpo_dpo::train::{train, TrainSettings};
 
 #[test]
 fn a_killed_and_resumed_run_ends_with_the_same_adapter_bytes() {

@@ -51,6 +51,30 @@ pub struct Projector<B: Backend> {
 }
 
 impl<B: Backend> Projector<B> {
+    /// The parameters under llava-hf keys (`multi_modal_projector.linear_{1,2}.{weight,bias}`),
+    /// PyTorch layout, f32.
+    pub fn hf_tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<usize>, Vec<f32>) {
+            (
+                t.dims().to_vec(),
+                t.into_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .unwrap_or_default(),
+            )
+        }
+        let mut out = Vec::new();
+        for (name, lin) in [("linear_1", &self.linear_1), ("linear_2", &self.linear_2)] {
+            let (s, d) = host(lin.weight.val().transpose());
+            out.push((format!("multi_modal_projector.{name}.weight"), s, d));
+            if let Some(b) = &lin.bias {
+                let (s, d) = host(b.val());
+                out.push((format!("multi_modal_projector.{name}.bias"), s, d));
+            }
+        }
+        out
+    }
+
     /// # Shapes
     /// - `x`: `[n, tokens, vision_hidden]` → `[n, tokens, text_hidden]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {

@@ -205,29 +205,7 @@ pub fn save_llava<B: Backend>(
             .into_iter()
             .map(|(k, s, d)| (format!("vision_tower.vision_model.{k}"), s, d)),
     );
-    let p = &model.multi_modal_projector;
-    for (name, lin) in [("linear_1", &p.linear_1), ("linear_2", &p.linear_2)] {
-        let w = lin.weight.val().transpose();
-        tensors.push((
-            format!("multi_modal_projector.{name}.weight"),
-            w.dims().to_vec(),
-            w.into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap_or_default(),
-        ));
-        if let Some(b) = &lin.bias {
-            let b = b.val();
-            tensors.push((
-                format!("multi_modal_projector.{name}.bias"),
-                b.dims().to_vec(),
-                b.into_data()
-                    .convert::<f32>()
-                    .to_vec::<f32>()
-                    .unwrap_or_default(),
-            ));
-        }
-    }
+    tensors.extend(model.multi_modal_projector.hf_tensors());
     mmedpo_core::checkpoint::write_safetensors(&dir.join("model.safetensors"), &tensors)?;
     let cfg_path = dir.join("config.json");
     let text = serde_json::to_string_pretty(&hf_config_json(config)).unwrap_or_default();

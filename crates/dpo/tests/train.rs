@@ -114,3 +114,54 @@ fn training_on_a_small_set_reaches_reward_accuracy_one() {
     assert_eq!(correct, recs.len());
     assert!(last.loss < 0.5 * first.loss);
 }
+
+#[test]
+fn a_projector_learning_rate_trains_the_projector_and_checkpoints_it() {
+    let device = Default::default();
+    let recs = read_records(&root().join("data/default/pairs.json")).unwrap();
+    let s = TrainSettings {
+        max_steps: Some(2),
+        save_steps: 1,
+        batch_size: 2,
+        projector_lr: Some(1e-2),
+        ..settings()
+    };
+    let out = tmp("projector");
+    let before: Vec<f32> = model()
+        .multi_modal_projector
+        .linear_1
+        .weight
+        .val()
+        .into_data()
+        .to_vec()
+        .unwrap();
+    train(
+        model(),
+        &tok(),
+        &recs,
+        None,
+        &s,
+        &out,
+        false,
+        &device,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let ck = out.join("checkpoint-2/projector.safetensors");
+    assert!(ck.is_file());
+    let bytes = std::fs::read(&ck).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let w = st.tensor("multi_modal_projector.linear_1.weight").unwrap();
+    // PyTorch layout [out, in] on disk; Burn's [in, out] in memory.
+    let after: Vec<f32> = w
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let (o, i) = (w.shape()[0], w.shape()[1]);
+    let moved = (0..o)
+        .flat_map(|r| (0..i).map(move |c| (r, c)))
+        .map(|(r, c)| (after[r * i + c] - before[c * o + r]).abs())
+        .fold(0f32, f32::max);
+    assert!(moved > 1e-4, "the projector did not move ({moved})");
+}

@@ -6,8 +6,8 @@
 //!
 //! Sampling follows transformers' logits processors in order: temperature, then top-p
 //! (`TopPLogitsWarper`: drop the smallest-probability tokens whose cumulative mass is at most
-//! `1 - top_p`, keeping at least one), then one multinomial draw from a ChaCha8 stream seeded once
-//! per call. Greedy takes the first maximum, like `torch.argmax`.
+//! `1 - top_p`, keeping at least one), then one multinomial draw from a ChaCha8 stream per row,
+//! seeded `seed + row index`. Greedy takes the first maximum, like `torch.argmax`.
 
 use std::time::{Duration, Instant};
 
@@ -113,8 +113,25 @@ pub fn generate_from_embeds<B: Backend>(
     config: &GenerationConfig,
     device: &B::Device,
 ) -> Result<Generation> {
-    let mut sampler = Sampler::new(config.sampling)?;
     let [batch, len, _] = embeds.dims();
+    // One RNG stream per row, seeded `seed + row`: a row samples the same tokens whatever else is
+    // in its batch (so a resumed or re-batched evaluation draws what the first run drew).
+    let mut samplers = (0..batch)
+        .map(|b| {
+            Sampler::new(match config.sampling {
+                Sampling::Sample {
+                    temperature,
+                    top_p,
+                    seed,
+                } => Sampling::Sample {
+                    temperature,
+                    top_p,
+                    seed: seed.wrapping_add(b as u64),
+                },
+                greedy => greedy,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let window = model.model.sliding_window;
     let prompt_tokens = key_valid.iter().flatten().filter(|v| **v).count();
     let mut cache = KvCache::new(model.num_layers());
@@ -138,7 +155,7 @@ pub fn generate_from_embeds<B: Backend>(
                 next.push(config.pad_token_id);
                 continue;
             }
-            let id = sampler.pick(&rows[b * vocab..(b + 1) * vocab]);
+            let id = samplers[b].pick(&rows[b * vocab..(b + 1) * vocab]);
             tokens[b].push(id);
             if config.eos_token_ids.contains(&id) {
                 finish[b] = Some(FinishReason::Eos);

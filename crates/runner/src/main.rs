@@ -3,6 +3,7 @@
 
 mod bench;
 mod common;
+mod eval;
 mod generate;
 mod plot;
 mod score;
@@ -29,6 +30,10 @@ enum Command {
     InitModel(train::InitModelArgs),
     /// Log-probabilities of preference pairs under a LLaVA model (also the reference precompute).
     Score(score::ScoreArgs),
+    /// Generate answers for a Med-VQA or report test set and score them as the paper does.
+    Eval(eval::EvalArgs),
+    /// Score predictions made elsewhere (VQA accuracy/recall, report BLEU/ROUGE-L/METEOR).
+    Metrics(eval::MetricsArgs),
     /// Measure throughput (prefill/decode tokens/s, matmul GFLOP/s) on a backend.
     Bench(bench::BenchArgs),
 }
@@ -99,6 +104,8 @@ fn main() -> std::process::ExitCode {
         Command::Score(args) => score::run(args),
         Command::Train(args) => train::run(args),
         Command::InitModel(args) => train::init_model(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Metrics(args) => eval::metrics(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

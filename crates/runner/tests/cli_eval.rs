@@ -1,0 +1,214 @@
+//! `mmedpo metrics`, `mmedpo eval` and `mmedpo eval --compare` end to end.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mmedpo-cli-eval-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+fn mmedpo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mmedpo"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .current_dir(root())
+        .output()
+        .unwrap()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+fn json_out(o: Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn metrics_scores_vqa_and_reports_and_never_crashes_on_empty_predictions() {
+    let dir = tmp("metrics");
+    let vqa = dir.join("vqa.jsonl");
+    std::fs::write(
+        &vqa,
+        [
+            r#"{"id": 1, "prediction": "Yes, there are nodules.", "reference": "yes", "answer_type": "CLOSED"}"#,
+            r#"{"id": 2, "prediction": "", "reference": "no", "answer_type": "CLOSED"}"#,
+            r#"{"id": 3, "prediction": "The left lung", "reference": "left lung nodule", "answer_type": "OPEN"}"#,
+            r#"{"id": 4, "prediction": "?!", "reference": "liver", "answer_type": "OPEN"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let m = json_out(mmedpo(&[
+        "metrics",
+        "--task",
+        "vqa",
+        "--predictions",
+        vqa.to_str().unwrap(),
+    ]));
+    assert_eq!(m["closed_accuracy"], 50.0);
+    assert!(
+        (m["open_recall"].as_f64().unwrap() - 100.0 / 3.0).abs() < 1e-9,
+        "{m}"
+    );
+    let rep = dir.join("report.jsonl");
+    std::fs::write(
+        &rep,
+        [
+            r#"{"id": "a", "prediction": "The lungs are clear. No effusion.", "reference": "The lungs are clear. No pleural effusion."}"#,
+            r#"{"id": "b", "prediction": "", "reference": "Normal chest."}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let m = json_out(mmedpo(&[
+        "metrics",
+        "--task",
+        "report",
+        "--predictions",
+        rep.to_str().unwrap(),
+    ]));
+    let wn = mmedpo_eval::wordnet::WordNet::open(None).unwrap();
+    let s = mmedpo_eval::report_scores(
+        "The lungs are clear. No effusion.",
+        "The lungs are clear. No pleural effusion.",
+        &wn,
+    );
+    assert!(
+        (m["meteor"].as_f64().unwrap() - 100.0 * s.meteor / 2.0).abs() < 1e-9,
+        "{m}"
+    );
+    assert!(
+        (m["bleu"].as_f64().unwrap() - 100.0 * s.bleu.iter().sum::<f64>() / 8.0).abs() < 1e-9,
+        "{m}"
+    );
+    assert!(
+        (m["rouge_l"].as_f64().unwrap() - 100.0 * s.rouge_l / 2.0).abs() < 1e-9,
+        "{m}"
+    );
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        r#"{"id": 1, "prediction": "x", "reference": "y", "answer_type": "MAYBE"}"#,
+    )
+    .unwrap();
+    let o = mmedpo(&[
+        "metrics",
+        "--task",
+        "vqa",
+        "--predictions",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("MAYBE"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn eval_generates_scores_resumes_and_compares() {
+    let dir = tmp("eval");
+    let model = dir.join("model");
+    let o = mmedpo(&[
+        "init-model",
+        "--config",
+        "models/tiny-llava/config.json",
+        "--out",
+        model.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = dir.join("out");
+    let run = || {
+        mmedpo(&[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--tokenizer",
+            "models/mistral-tokenizer/tokenizer.json",
+            "--data",
+            "data/default/vqa_test.json",
+            "--image-root",
+            "data/images",
+            "--task",
+            "vqa",
+            "--out",
+            out.to_str().unwrap(),
+            "--max-new-tokens",
+            "4",
+            "--batch-size",
+            "4",
+        ])
+    };
+    let o = run();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("| Open (recall) | Closed (accuracy) |"));
+    let preds = std::fs::read_to_string(out.join("predictions.jsonl")).unwrap();
+    assert_eq!(preds.lines().count(), 6);
+    // Kill emulation: drop two answers and cut one line; the rerun redoes exactly those.
+    let lines: Vec<&str> = preds.lines().collect();
+    std::fs::write(
+        out.join("predictions.jsonl"),
+        format!(
+            "{}\n{}\n{}",
+            lines[..3].join("\n"),
+            lines[3],
+            &lines[4][..10]
+        ),
+    )
+    .unwrap();
+    let o = run();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let again = std::fs::read_to_string(out.join("predictions.jsonl")).unwrap();
+    let sorted = |s: &str| {
+        let mut v: Vec<String> = s.lines().map(String::from).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(&again),
+        sorted(&preds),
+        "a resumed run must give the same answers"
+    );
+    let m = out.join("metrics.json");
+    let o = mmedpo(&[
+        "eval",
+        "--compare",
+        m.to_str().unwrap(),
+        m.to_str().unwrap(),
+    ]);
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("| closed_accuracy |")
+    );
+    // A test item without answer_type is named.
+    let bad = dir.join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"[{"question_id": 9, "image": "ct-small.png", "question": "Q?", "answer": "x"}]"#,
+    )
+    .unwrap();
+    let o = mmedpo(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        "models/mistral-tokenizer/tokenizer.json",
+        "--data",
+        bad.to_str().unwrap(),
+        "--image-root",
+        "data/images",
+        "--task",
+        "vqa",
+        "--out",
+        dir.join("o2").to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("item 9") && stderr(&o).contains("answer_type"),
+        "{}",
+        stderr(&o)
+    );
+}

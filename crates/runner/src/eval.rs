@@ -249,6 +249,8 @@ fn read_items(path: &Path, task: Task) -> Result<Vec<Item>> {
     };
     let mut items = vec![];
     let mut bad = vec![];
+    // The authors' report script: random.seed(42), then one random.choice of the prompts per item.
+    let mut prompts = crate::pyrandom::PyRandom::new(42);
     for (i, v) in values.iter().enumerate() {
         let id = v
             .get("question_id")
@@ -262,11 +264,14 @@ fn read_items(path: &Path, task: Task) -> Result<Vec<Item>> {
                 str_of(v, &["answer"]),
                 str_of(v, &["answer_type"]),
             ),
-            Task::Report => (
-                Some(REPORT_PROMPTS[i % REPORT_PROMPTS.len()].to_string()),
-                str_of(v, &["report", "gt_report"]),
-                None,
-            ),
+            Task::Report => {
+                let prompt = REPORT_PROMPTS[prompts.choice(REPORT_PROMPTS.len() as u32) as usize];
+                (
+                    Some(prompt.to_string()),
+                    str_of(v, &["report", "gt_report"]),
+                    None,
+                )
+            }
         };
         let mut missing = vec![];
         if image.is_none() {

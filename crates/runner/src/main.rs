@@ -6,6 +6,7 @@ mod common;
 mod eval;
 mod generate;
 mod plot;
+mod pyrandom;
 mod score;
 mod train;
 

@@ -12,15 +12,25 @@ use crate::wordnet::WordNet;
 
 type Enum = Vec<(usize, String)>;
 
-/// `_match_enums`: exact matches, scanning the hypothesis backwards, last reference position first.
-fn match_enums(hyp: &Enum, refs: &Enum) -> (Vec<(usize, usize)>, Enum, Enum) {
-    let mut positions: HashMap<&str, Vec<usize>> = HashMap::new();
+/// Reference positions of each word (in order; matching pops from the end).
+fn positions(refs: &Enum) -> HashMap<&str, Vec<usize>> {
+    let mut p: HashMap<&str, Vec<usize>> = HashMap::new();
     for (j, (_, w)) in refs.iter().enumerate() {
-        positions.entry(w.as_str()).or_default().push(j);
+        p.entry(w.as_str()).or_default().push(j);
     }
+    p
+}
+
+/// Scans the hypothesis from its end; `pick` returns the reference position a word matches (and
+/// consumes it). Returns the matches and both lists without the matched words.
+fn align(
+    hyp: &Enum,
+    refs: &Enum,
+    mut pick: impl FnMut(&str) -> Option<usize>,
+) -> (Vec<(usize, usize)>, Enum, Enum) {
     let (mut matches, mut mh, mut mr) = (vec![], vec![false; hyp.len()], vec![false; refs.len()]);
     for i in (0..hyp.len()).rev() {
-        if let Some(j) = positions.get_mut(hyp[i].1.as_str()).and_then(Vec::pop) {
+        if let Some(j) = pick(&hyp[i].1) {
             mh[i] = true;
             mr[j] = true;
             matches.push((hyp[i].0, refs[j].0));
@@ -36,41 +46,26 @@ fn match_enums(hyp: &Enum, refs: &Enum) -> (Vec<(usize, usize)>, Enum, Enum) {
     (matches, keep(hyp, &mh), keep(refs, &mr))
 }
 
+/// `_match_enums`: exact matches, scanning the hypothesis backwards, last reference position first.
+fn match_enums(hyp: &Enum, refs: &Enum) -> (Vec<(usize, usize)>, Enum, Enum) {
+    let mut pos = positions(refs);
+    align(hyp, refs, |w| pos.get_mut(w).and_then(Vec::pop))
+}
+
+/// `_enum_wordnetsyn_match`: a hypothesis word matches the free reference position furthest right
+/// among its WordNet synonyms (itself included).
 fn wordnet_match(hyp: &Enum, refs: &Enum, wn: &WordNet) -> (Vec<(usize, usize)>, Enum, Enum) {
-    let mut positions: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (j, (_, w)) in refs.iter().enumerate() {
-        positions.entry(w.as_str()).or_default().push(j);
-    }
-    let (mut matches, mut mh, mut mr) = (vec![], vec![false; hyp.len()], vec![false; refs.len()]);
-    for i in (0..hyp.len()).rev() {
-        let syns = wn.synonyms(&hyp[i].1);
-        let mut best: Option<(usize, &str)> = None;
-        for syn in &syns {
-            if let Some(&last) = positions.get(syn.as_str()).and_then(|p| p.last()) {
-                if best.is_none_or(|(b, _)| last > b) {
-                    best = Some((last, syn.as_str()));
-                }
-            }
-        }
-        if let Some((j, word)) = best {
-            let key = refs[j].1.as_str();
-            debug_assert_eq!(key, word);
-            if let Some(p) = positions.get_mut(key) {
-                p.pop();
-            }
-            mh[i] = true;
-            mr[j] = true;
-            matches.push((hyp[i].0, refs[j].0));
-        }
-    }
-    let keep = |v: &Enum, m: &[bool]| {
-        v.iter()
-            .zip(m)
-            .filter(|(_, &x)| !x)
-            .map(|(p, _)| p.clone())
-            .collect()
-    };
-    (matches, keep(hyp, &mh), keep(refs, &mr))
+    let mut pos = positions(refs);
+    align(hyp, refs, |w| {
+        let syns = wn.synonyms(w);
+        let best = syns
+            .iter()
+            .filter_map(|s| pos.get(s.as_str()).and_then(|p| p.last()).map(|&j| (j, s)))
+            .max_by_key(|(j, _)| *j)?;
+        let (j, syn) = (best.0, best.1.clone());
+        pos.get_mut(syn.as_str()).and_then(Vec::pop);
+        Some(j)
+    })
 }
 
 fn count_chunks(matches: &[(usize, usize)]) -> usize {

@@ -1,28 +1,10 @@
 //! `mmedpo metrics`, `mmedpo eval` and `mmedpo eval --compare` end to end.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mmedpo-cli-eval-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-fn mmedpo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmedpo"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .current_dir(root())
-        .output()
-        .unwrap()
-}
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+mod common;
+use common::{mmedpo, stderr, tmp};
+
 fn json_out(o: Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", stderr(&o));
     serde_json::from_slice(&o.stdout).unwrap()

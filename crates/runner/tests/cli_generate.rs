@@ -1,29 +1,12 @@
 //! `mmedpo generate` end to end, as a user runs it: exit codes, messages, the `--json` line.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+
+mod common;
+use common::{mmedpo, root, stderr, tmp};
 
 use mmedpo_core::backend::Cpu;
 use mmedpo_llm::{loader::save_llm, DecoderConfig};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn mmedpo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmedpo"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mmedpo-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// The golden tiny Mistral (bf16, sharded) with the real tokenizer beside it.
 fn model_dir(name: &str) -> PathBuf {
@@ -39,10 +22,6 @@ fn model_dir(name: &str) -> PathBuf {
     )
     .unwrap();
     d
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

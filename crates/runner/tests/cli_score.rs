@@ -1,30 +1,13 @@
 //! `mmedpo score` and `mmedpo generate --image` end to end on the tiny LLaVA fixtures and real scans.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
+use common::{mmedpo, root, stderr, tmp};
+
 fn golden() -> PathBuf {
     root().join("crates/lvlm/tests/golden")
-}
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mmedpo-cli-score-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-fn mmedpo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmedpo"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .current_dir(root())
-        .output()
-        .unwrap()
-}
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn score(model: &str, data: &Path, out: &Path, extra: &[&str]) -> Output {

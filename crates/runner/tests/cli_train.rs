@@ -1,27 +1,11 @@
 //! `mmedpo init-model`, `mmedpo train` and `mmedpo score --adapter` end to end, as a user runs them.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Output;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mmedpo-cli-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-fn mmedpo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmedpo"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .current_dir(root())
-        .output()
-        .unwrap()
-}
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+mod common;
+use common::{mmedpo, root, stderr, tmp};
+
 fn ok(o: Output) -> Output {
     assert!(o.status.success(), "{}", stderr(&o));
     o

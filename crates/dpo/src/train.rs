@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use burn::module::{AutodiffModule, Module, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
 use mmedpo_core::record::PreferenceRecord;
 use mmedpo_lora::LoraConfig;
 use mmedpo_lvlm::score::{
@@ -273,8 +273,6 @@ pub fn loss_and_grads<B: AutodiffBackend>(
         logps,
     })
 }
-
-use burn::tensor::ElementConversion;
 
 fn read_reference(
     path: &Path,

@@ -239,8 +239,3 @@ impl ScoreMeta {
         PathBuf::from(p)
     }
 }
-
-/// The image root joined with a record path (for messages).
-pub fn image_path(root: &Path, rel: &str) -> PathBuf {
-    root.join(rel)
-}

@@ -281,3 +281,45 @@ fn truncation_to_max_length_cuts_after_image_expansion() {
         "the fixture must be long enough to be cut"
     );
 }
+
+#[test]
+fn labelled_logps_equal_full_logits_logps() {
+    // The LM head at labelled positions only gives the numbers of the full-logits path.
+    let device = Default::default();
+    let loaded = load_llava::<Cpu>(&golden().join("tiny-llava-hf"), None, &device).unwrap();
+    let t = tok();
+    let pairs = read_records(&golden().join("pairs.json")).unwrap();
+    let settings = PairSettings {
+        template: Template::VicunaV1,
+        image_root: root().join("data/images"),
+        aspect: loaded.config.aspect,
+        image_size: 336,
+    };
+    let prepared: Vec<_> = pairs
+        .iter()
+        .map(|p| prepare_pair(&t, &settings, p).unwrap())
+        .collect();
+    let images: Vec<&[f32]> = prepared
+        .iter()
+        .map(|p| p.chosen_pixels.as_slice())
+        .collect();
+    let feats = loaded
+        .model
+        .image_features(stack_pixels::<Cpu>(&images, 336, &device));
+    let seqs: Vec<Sequence> = prepared.iter().map(|p| p.chosen.clone()).collect();
+    let inputs = loaded
+        .model
+        .prepare(&seqs, feats, &[0, 1, 2], false)
+        .unwrap();
+    let (fast, n1) = loaded.model.labelled_logps(&inputs);
+    let (full, n2) =
+        mmedpo_lvlm::llava::sequence_logps(loaded.model.forward(&inputs), &inputs.labels);
+    assert_eq!(n1, n2);
+    let (a, b): (Vec<f32>, Vec<f32>) = (
+        fast.into_data().to_vec().unwrap(),
+        full.into_data().to_vec().unwrap(),
+    );
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-3, "{a:?} vs {b:?}");
+    }
+}

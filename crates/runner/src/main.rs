@@ -7,6 +7,7 @@ mod eval;
 mod generate;
 mod plot;
 mod pyrandom;
+mod relevance;
 mod score;
 mod train;
 
@@ -35,6 +36,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Score predictions made elsewhere (VQA accuracy/recall, report BLEU/ROUGE-L/METEOR).
     Metrics(eval::MetricsArgs),
+    /// Clinical-relevance weights of preference pairs by several Med-LLM agents in turns.
+    ScoreRelevance(relevance::RelevanceArgs),
     /// Measure throughput (prefill/decode tokens/s, matmul GFLOP/s) on a backend.
     Bench(bench::BenchArgs),
 }
@@ -107,6 +110,7 @@ fn main() -> std::process::ExitCode {
         Command::InitModel(args) => train::init_model(args),
         Command::Eval(args) => eval::run(args),
         Command::Metrics(args) => eval::metrics(args),
+        Command::ScoreRelevance(args) => relevance::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

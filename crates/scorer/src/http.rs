@@ -49,12 +49,17 @@ impl HttpAgent {
     /// An agent for `base_url` and `model`; the key (if any) is read from the environment variable
     /// named `api_key_env`.
     pub fn new(base_url: &str, model: &str, api_key_env: Option<&str>, timeout: Duration) -> Self {
-        let client: ureq::Agent =
-            ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().into();
+        let client: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .build()
+            .into();
         Self {
             base_url: base_url.trim_end_matches('/').to_string(),
             model: model.to_string(),
-            api_key: api_key_env.and_then(|n| std::env::var(n).ok()).filter(|k| !k.is_empty()),
+            api_key: api_key_env
+                .and_then(|n| std::env::var(n).ok())
+                .filter(|k| !k.is_empty()),
             timeout,
             max_retries: 4,
             backoff: Duration::from_millis(500),
@@ -65,7 +70,8 @@ impl HttpAgent {
     }
 
     fn body(&self, messages: &[Message]) -> String {
-        let mut body = json!({ "model": self.model, "messages": messages, "temperature": self.temperature });
+        let mut body =
+            json!({ "model": self.model, "messages": messages, "temperature": self.temperature });
         if self.json_schema {
             body["response_format"] = json!({
                 "type": "json_schema",
@@ -81,7 +87,10 @@ impl HttpAgent {
 
     /// One attempt: `Ok(content)`, or `Err((retryable, message, retry_after))`.
     fn attempt(&self, body: &str) -> Result<String, (bool, String, Option<Duration>)> {
-        let mut req = self.client.post(format!("{}/chat/completions", self.base_url)).header("Content-Type", "application/json");
+        let mut req = self
+            .client
+            .post(format!("{}/chat/completions", self.base_url))
+            .header("Content-Type", "application/json");
         if let Some(key) = &self.api_key {
             req = req.header("Authorization", format!("Bearer {key}"));
         }
@@ -104,14 +113,35 @@ impl HttpAgent {
             return Err((true, format!("HTTP {status}"), retry_after));
         }
         if status >= 400 {
-            return Err((false, format!("HTTP {status}: {}", text.chars().take(200).collect::<String>()), None));
+            return Err((
+                false,
+                format!(
+                    "HTTP {status}: {}",
+                    text.chars().take(200).collect::<String>()
+                ),
+                None,
+            ));
         }
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|_| (false, format!("malformed response: {}", text.chars().take(120).collect::<String>()), None))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|_| {
+            (
+                false,
+                format!(
+                    "malformed response: {}",
+                    text.chars().take(120).collect::<String>()
+                ),
+                None,
+            )
+        })?;
         v["choices"][0]["message"]["content"]
             .as_str()
             .map(String::from)
-            .ok_or_else(|| (false, "response has no choices[0].message.content".to_string(), None))
+            .ok_or_else(|| {
+                (
+                    false,
+                    "response has no choices[0].message.content".to_string(),
+                    None,
+                )
+            })
     }
 }
 
@@ -131,7 +161,8 @@ impl Agent for HttpAgent {
                     if !retryable || attempt == self.max_retries {
                         break;
                     }
-                    let wait = retry_after.unwrap_or(self.backoff * 2u32.saturating_pow(attempt as u32));
+                    let wait =
+                        retry_after.unwrap_or(self.backoff * 2u32.saturating_pow(attempt as u32));
                     tracing::debug!(agent = %self.name(), attempt, error = %last, ?wait, "retrying");
                     std::thread::sleep(wait);
                 }

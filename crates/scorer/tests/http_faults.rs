@@ -66,18 +66,37 @@ fn serve(max_requests: usize, slow: Duration) -> Server {
                     if reader.read_exact(&mut body).is_err() {
                         return;
                     }
-                    s.lock().unwrap().push(format!("{headers}\n{}", String::from_utf8_lossy(&body)));
+                    s.lock()
+                        .unwrap()
+                        .push(format!("{headers}\n{}", String::from_utf8_lossy(&body)));
                     *served.lock().unwrap() += 1;
-                    let fault = f.lock().unwrap().pop_front().unwrap_or(Fault::Content("0.5"));
+                    let fault = f
+                        .lock()
+                        .unwrap()
+                        .pop_front()
+                        .unwrap_or(Fault::Content("0.5"));
                     let (status, extra, payload) = match fault {
                         Fault::Slow => {
                             std::thread::sleep(slow);
-                            (200, "", r#"{"choices":[{"message":{"content":"0.1"}}]}"#.to_string())
+                            (
+                                200,
+                                "",
+                                r#"{"choices":[{"message":{"content":"0.1"}}]}"#.to_string(),
+                            )
                         }
                         Fault::Status(c) => (c, "", r#"{"error":"injected"}"#.to_string()),
-                        Fault::TooMany => (429, "Retry-After: 0\r\n", r#"{"error":"slow down"}"#.to_string()),
+                        Fault::TooMany => (
+                            429,
+                            "Retry-After: 0\r\n",
+                            r#"{"error":"slow down"}"#.to_string(),
+                        ),
                         Fault::Garbage => (200, "", "<html>oops</html>".to_string()),
-                        Fault::Content(c) => (200, "", serde_json::json!({"choices": [{"message": {"content": c}}]}).to_string()),
+                        Fault::Content(c) => (
+                            200,
+                            "",
+                            serde_json::json!({"choices": [{"message": {"content": c}}]})
+                                .to_string(),
+                        ),
                     };
                     let resp = format!("HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{payload}", payload.len());
                     if stream.write_all(resp.as_bytes()).is_err() {
@@ -91,7 +110,12 @@ fn serve(max_requests: usize, slow: Duration) -> Server {
 }
 
 fn agent(url: &str, model: &str) -> HttpAgent {
-    let mut a = HttpAgent::new(url, model, Some("MMEDPO_TEST_JUDGE_KEY"), Duration::from_millis(400));
+    let mut a = HttpAgent::new(
+        url,
+        model,
+        Some("MMEDPO_TEST_JUDGE_KEY"),
+        Duration::from_millis(400),
+    );
     a.backoff = Duration::from_millis(10);
     a
 }
@@ -100,14 +124,21 @@ fn agent(url: &str, model: &str) -> HttpAgent {
 fn timeouts_500s_and_429s_are_retried_and_the_key_is_sent_but_never_shown() {
     std::env::set_var("MMEDPO_TEST_JUDGE_KEY", "sk-secret-123");
     let server = serve(50, Duration::from_millis(900));
-    server.faults.lock().unwrap().extend([Fault::Slow, Fault::Status(500), Fault::TooMany, Fault::Content("{\"score\": 0.7}")]);
+    server.faults.lock().unwrap().extend([
+        Fault::Slow,
+        Fault::Status(500),
+        Fault::TooMany,
+        Fault::Content("{\"score\": 0.7}"),
+    ]);
     let a = agent(&server.url, "med42");
     assert!(!format!("{a:?}").contains("sk-secret-123"));
     let reply = a.complete(&[Message::user("score it")]).unwrap();
     assert_eq!(reply, "{\"score\": 0.7}");
     let seen = server.seen.lock().unwrap();
     assert_eq!(seen.len(), 4, "one request per attempt");
-    assert!(seen[3].to_ascii_lowercase().contains("authorization: bearer sk-secret-123"));
+    assert!(seen[3]
+        .to_ascii_lowercase()
+        .contains("authorization: bearer sk-secret-123"));
     assert!(seen[3].contains("\"model\":\"med42\""));
 }
 
@@ -119,7 +150,11 @@ fn client_errors_are_not_retried_and_exhausted_retries_are_errors() {
     let err = a.complete(&[Message::user("x")]).unwrap_err();
     assert!(err.contains("HTTP 400"), "{err}");
     assert_eq!(server.seen.lock().unwrap().len(), 1);
-    server.faults.lock().unwrap().extend(std::iter::repeat_n(Fault::Status(503), 5));
+    server
+        .faults
+        .lock()
+        .unwrap()
+        .extend(std::iter::repeat_n(Fault::Status(503), 5));
     let err = a.complete(&[Message::user("x")]).unwrap_err();
     assert!(err.contains("HTTP 503"), "{err}");
     assert_eq!(server.seen.lock().unwrap().len(), 1 + 5);
@@ -142,17 +177,38 @@ fn the_protocol_finishes_every_pair_through_faults() {
         // Pair 2, agent 1: a garbage HTTP body: the turn is recorded as failed.
         Fault::Garbage,
     ]);
-    let agents = [agent(&server.url, "med42-8b"), agent(&server.url, "med42-70b"), agent(&server.url, "biomistral")];
+    let agents = [
+        agent(&server.url, "med42-8b"),
+        agent(&server.url, "med42-70b"),
+        agent(&server.url, "biomistral"),
+    ];
     let refs: Vec<&dyn Agent> = agents.iter().map(|a| a as &dyn Agent).collect();
     let protocol = Protocol::default();
-    let req = ScoreRequest { question: "Is there a nodule?".into(), ground_truth: "Yes".into(), answer: "No.".into() };
+    let req = ScoreRequest {
+        question: "Is there a nodule?".into(),
+        ground_truth: "Yes".into(),
+        answer: "No.".into(),
+    };
     let first = protocol.score(&refs, &req);
-    assert_eq!((first.score, first.consensus, first.rounds), (Some(0.8), true, 1), "{first:?}");
+    assert_eq!(
+        (first.score, first.consensus, first.rounds),
+        (Some(0.8), true, 1),
+        "{first:?}"
+    );
     assert_eq!(first.turns[0].retries, 2);
     let second = protocol.score(&refs, &req);
-    assert!(second.turns[0].error.as_deref().is_some_and(|e| e.contains("malformed response")), "{second:?}");
+    assert!(
+        second.turns[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("malformed response")),
+        "{second:?}"
+    );
     // The failed turn breaks round 1's pass; round 2 agrees on the server's default 0.5.
-    assert_eq!((second.score, second.consensus, second.rounds), (Some(0.5), true, 2));
+    assert_eq!(
+        (second.score, second.consensus, second.rounds),
+        (Some(0.5), true, 2)
+    );
     for _ in 0..3 {
         let o = protocol.score(&refs, &req);
         assert_eq!((o.score, o.consensus, o.rounds), (Some(0.5), true, 1));

@@ -1,0 +1,235 @@
+//! `mmedpo score-relevance`: the multi-agent clinical-relevance weight of every preference pair.
+//!
+//! Pairs run `--concurrency` at a time (each pair's turns are sequential by nature), so a vLLM
+//! server is kept busy. Progress is an append-only JSONL keyed by item id (`OUT.progress.jsonl`),
+//! transcripts another (`OUT.transcripts.jsonl`): killed and restarted, nothing done is redone or
+//! lost, and the output file (written at the end, in input order) is the same as an uninterrupted
+//! run's. Pairs for which no agent gave a score keep their old `weighted_score` and are listed.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use mmedpo_core::record::{read_records, PreferenceRecord};
+use mmedpo_scorer::http::HttpAgent;
+use mmedpo_scorer::prompts::Prompts;
+use mmedpo_scorer::{Agent, Protocol, ScoreRequest};
+
+/// Arguments of `mmedpo score-relevance`.
+#[derive(Args, Debug)]
+pub struct RelevanceArgs {
+    /// Preference file (MMedPO format).
+    #[arg(long)]
+    data: PathBuf,
+    /// An agent, in turn order (repeatable): `openai=BASE_URL@MODEL` (e.g. `openai=http://127.0.0.1:8000/v1@m42-8b`).
+    #[arg(long = "agent", required = true)]
+    agents: Vec<String>,
+    /// Environment variable holding the API key (its value is never logged).
+    #[arg(long)]
+    api_key_env: Option<String>,
+    /// Rounds before falling back to the mean (paper: 5).
+    #[arg(long, default_value_t = 5)]
+    max_rounds: usize,
+    /// Corrective retries per turn after an unreadable reply.
+    #[arg(long, default_value_t = 2)]
+    max_retries: usize,
+    /// Seconds per HTTP request.
+    #[arg(long, default_value_t = 120.0)]
+    timeout: f64,
+    /// Pairs in flight.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Ask servers for a JSON-schema-constrained reply (`response_format`).
+    #[arg(long)]
+    json_schema: bool,
+    /// Folder with prompt overrides (score_first.txt, score_next.txt, corrective.txt).
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// Output preference file with `weighted_score` set.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn side(out: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}.{suffix}", out.display()))
+}
+
+fn parse_agent(spec: &str, args: &RelevanceArgs) -> Result<Box<dyn Agent>> {
+    let Some(rest) = spec.strip_prefix("openai=") else {
+        if spec.starts_with("local=") {
+            bail!("--agent {spec}: local agents are not available in this version; serve the model with vLLM or llama.cpp and use openai=URL@MODEL");
+        }
+        bail!("--agent {spec}: expected openai=BASE_URL@MODEL");
+    };
+    let Some((url, model)) = rest.rsplit_once('@') else {
+        bail!("--agent {spec}: expected openai=BASE_URL@MODEL")
+    };
+    let mut a = HttpAgent::new(
+        url,
+        model,
+        args.api_key_env.as_deref(),
+        Duration::from_secs_f64(args.timeout),
+    );
+    a.json_schema = args.json_schema;
+    Ok(Box::new(a))
+}
+
+fn request(r: &PreferenceRecord) -> ScoreRequest {
+    ScoreRequest {
+        question: r
+            .question()
+            .unwrap_or_default()
+            .replace("<image>", "")
+            .trim()
+            .to_string(),
+        ground_truth: r.chosen().unwrap_or_default().to_string(),
+        answer: r.rejected().unwrap_or_default().to_string(),
+    }
+}
+
+/// Reads the complete lines of an append-only JSONL (a cut last line is dropped and rewritten away).
+fn complete_lines(path: &Path) -> Result<Vec<serde_json::Value>> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(vec![]);
+    };
+    let good: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let rewritten: String = good.iter().map(|v| format!("{v}\n")).collect();
+    if rewritten != text {
+        std::fs::write(path, rewritten)?;
+    }
+    Ok(good)
+}
+
+/// Runs `mmedpo score-relevance`.
+pub fn run(args: RelevanceArgs) -> Result<()> {
+    let records = read_records(&args.data)?;
+    let agents: Vec<Box<dyn Agent>> = args
+        .agents
+        .iter()
+        .map(|s| parse_agent(s, &args))
+        .collect::<Result<_>>()?;
+    let refs: Vec<&dyn Agent> = agents.iter().map(|a| a.as_ref()).collect();
+    let prompts = match &args.prompts {
+        Some(d) => {
+            Prompts::from_dir(d).with_context(|| format!("reading prompts from {}", d.display()))?
+        }
+        None => Prompts::builtin(),
+    };
+    let protocol = Protocol {
+        max_rounds: args.max_rounds,
+        max_retries: args.max_retries,
+        prompts,
+    };
+    let (progress_path, transcript_path) = (
+        side(&args.out, "progress.jsonl"),
+        side(&args.out, "transcripts.jsonl"),
+    );
+    let done: HashMap<String, serde_json::Value> = complete_lines(&progress_path)?
+        .into_iter()
+        .map(|v| (v["id"].to_string(), v))
+        .collect();
+    complete_lines(&transcript_path)?;
+    let todo: Vec<&PreferenceRecord> = records
+        .iter()
+        .filter(|r| !done.contains_key(&serde_json::to_string(&r.id).unwrap_or_default()))
+        .collect();
+    tracing::info!(
+        pairs = records.len(),
+        already = done.len(),
+        agents = agents.len(),
+        "scoring clinical relevance"
+    );
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .with_context(|| format!("opening {}", p.display()))
+    };
+    let files = Mutex::new((open(&progress_path)?, open(&transcript_path)?));
+    let queue = Mutex::new(todo.iter());
+    let bar = ProgressBar::new(records.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} pairs {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position((records.len() - todo.len()) as u64);
+    let error = Mutex::new(None::<anyhow::Error>);
+    std::thread::scope(|s| {
+        for _ in 0..args.concurrency.max(1) {
+            s.spawn(|| {
+                while let Some(r) = queue.lock().map(|mut q| q.next()).ok().flatten() {
+                let out = protocol.score(&refs, &request(r));
+                let line = serde_json::json!({"id": r.id, "score": out.score, "consensus": out.consensus, "rounds": out.rounds});
+                let transcript = serde_json::json!({"id": r.id, "outcome": out});
+                let mut f = files.lock().unwrap_or_else(|p| p.into_inner());
+                // Transcript first: a pair counts as done only once its transcript is saved.
+                let res = writeln!(f.1, "{transcript}").and_then(|_| f.1.flush()).and_then(|_| writeln!(f.0, "{line}")).and_then(|_| f.0.flush());
+                if let Err(e) = res {
+                    *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.into());
+                    break;
+                }
+                bar.inc(1);
+                }
+            });
+        }
+    });
+    bar.finish_and_clear();
+    if let Some(e) = error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    let scores: HashMap<String, serde_json::Value> = complete_lines(&progress_path)?
+        .into_iter()
+        .map(|v| (v["id"].to_string(), v))
+        .collect();
+    let mut out = records.clone();
+    let (mut failed, mut consensus, mut hist) = (vec![], 0usize, [0usize; 11]);
+    for r in &mut out {
+        let v = &scores[&serde_json::to_string(&r.id).unwrap_or_default()];
+        match v["score"].as_f64() {
+            Some(x) => {
+                r.weighted_score = Some(x);
+                hist[((x * 10.0).round() as usize).min(10)] += 1;
+                consensus += usize::from(v["consensus"].as_bool() == Some(true));
+            }
+            None => failed.push(r.id.to_string()),
+        }
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&out)?)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!(
+        "{} pairs: {} scored ({} by consensus), {} without any score",
+        out.len(),
+        out.len() - failed.len(),
+        consensus,
+        failed.len()
+    );
+    let max = hist.iter().copied().max().unwrap_or(1).max(1);
+    for (i, n) in hist.iter().enumerate() {
+        eprintln!(
+            "  {:.1} | {:<40} {n}",
+            i as f64 / 10.0,
+            "#".repeat(n * 40 / max)
+        );
+    }
+    if !failed.is_empty() {
+        eprintln!(
+            "no score (weighted_score left as it was): {}",
+            failed.join(", ")
+        );
+    }
+    eprintln!(
+        "written: {}\ntranscripts: {}",
+        args.out.display(),
+        transcript_path.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! `mmedpo score-relevance` against OpenAI-schema servers on loopback: every pair scored, the
+//! output in input order, and a killed run resumed to the same file.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{mmedpo, stderr, tmp};
+
+/// A server that always answers `reply` (bounded: 500 connections or 60 s, then it stops).
+fn serve(reply: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for (n, stream) in listener.incoming().enumerate() {
+            if n >= 500 || Instant::now() > deadline {
+                break;
+            }
+            let Ok(mut stream) = stream else { continue };
+            // One thread per connection: the client keeps several in flight.
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut len = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if len == 0 || reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let payload = serde_json::json!({"choices": [{"message": {"content": reply}}]})
+                        .to_string();
+                    let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}", payload.len());
+                    if stream.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn scores_every_pair_in_order_and_resumes_to_the_same_file() {
+    let (a, b) = (serve("{\"score\": 0.7}"), serve("0.7"));
+    let dir = tmp("relevance");
+    let out = dir.join("scored.json");
+    let run = || {
+        mmedpo(&[
+            "score-relevance",
+            "--data",
+            "data/default/pairs.json",
+            "--agent",
+            &format!("openai={a}@med42"),
+            "--agent",
+            &format!("openai={b}@biomistral"),
+            "--concurrency",
+            "3",
+            "--timeout",
+            "10",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let o = run();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("8 pairs: 8 scored (8 by consensus), 0 without any score"),
+        "{}",
+        stderr(&o)
+    );
+    let first = std::fs::read_to_string(&out).unwrap();
+    let items: Vec<serde_json::Value> = serde_json::from_str(&first).unwrap();
+    assert_eq!(items.len(), 8);
+    assert!(items
+        .iter()
+        .enumerate()
+        .all(|(i, v)| v["id"] == i && v["weighted_score"] == 0.7));
+    let transcripts = std::fs::read_to_string(dir.join("scored.json.transcripts.jsonl")).unwrap();
+    assert_eq!(transcripts.lines().count(), 8);
+    assert!(
+        transcripts.contains("Candidate answer"),
+        "transcripts keep the prompts"
+    );
+    // Kill emulation: keep 3 progress lines and half of a fourth; the rerun scores exactly the rest.
+    let progress = dir.join("scored.json.progress.jsonl");
+    let lines: Vec<String> = std::fs::read_to_string(&progress)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    std::fs::write(
+        &progress,
+        format!("{}\n{}", lines[..3].join("\n"), &lines[3][..5]),
+    )
+    .unwrap();
+    std::fs::remove_file(&out).unwrap();
+    let o = run();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), first);
+    assert_eq!(
+        std::fs::read_to_string(&progress).unwrap().lines().count(),
+        8
+    );
+}
+
+#[test]
+fn bad_agent_specs_are_explained() {
+    let o = mmedpo(&[
+        "score-relevance",
+        "--data",
+        "data/default/pairs.json",
+        "--agent",
+        "gpt4o",
+        "--out",
+        "/tmp/x.json",
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("openai=BASE_URL@MODEL"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -1,6 +1,7 @@
 //! `mmedpo`: the command-line front door. Parses arguments, picks the backend, calls the library
 //! crates. `anyhow` and the tracing setup live here and nowhere else.
 
+mod assemble;
 mod bench;
 mod common;
 mod eval;
@@ -38,6 +39,8 @@ enum Command {
     Metrics(eval::MetricsArgs),
     /// Clinical-relevance weights of preference pairs by several Med-LLM agents in turns.
     ScoreRelevance(relevance::RelevanceArgs),
+    /// Merge text and visual pair files into one training file (weight mode applied, shuffled).
+    Assemble(assemble::AssembleArgs),
     /// Measure throughput (prefill/decode tokens/s, matmul GFLOP/s) on a backend.
     Bench(bench::BenchArgs),
 }
@@ -111,6 +114,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Metrics(args) => eval::metrics(args),
         Command::ScoreRelevance(args) => relevance::run(args),
+        Command::Assemble(args) => assemble::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

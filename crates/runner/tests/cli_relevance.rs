@@ -1,5 +1,5 @@
-//! `mmedpo score-relevance` against OpenAI-schema servers on loopback: every pair scored, the
-//! output in input order, and a killed run resumed to the same file.
+//! `mmedpo score-relevance` against OpenAI-schema servers on loopback (every pair scored, the
+//! output in input order, a killed run resumed to the same file) and `mmedpo assemble`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -130,6 +130,67 @@ fn bad_agent_specs_are_explained() {
     ]);
     assert!(
         !o.status.success() && stderr(&o).contains("openai=BASE_URL@MODEL"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn assemble_merges_weights_and_shuffles_reproducibly() {
+    let dir = tmp("assemble");
+    let visual = dir.join("visual.json");
+    let mut items: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(common::root().join("data/default/pairs.json")).unwrap(),
+    )
+    .unwrap();
+    for (i, v) in items.iter_mut().enumerate() {
+        v["id"] = format!("v{i}").into();
+        v["rejected_image"] = "mr-small.png".into();
+        v["rejected_conversations"] = v["conversations"].clone();
+        v["weighted_score"] = (0.5 + 0.05 * i as f64).into();
+    }
+    std::fs::write(&visual, serde_json::to_string(&items).unwrap()).unwrap();
+    let run = |out: &std::path::Path, seed: &str| {
+        mmedpo(&[
+            "assemble",
+            "--data",
+            "data/default/pairs.json",
+            "--data",
+            visual.to_str().unwrap(),
+            "--weight-mode",
+            "paper",
+            "--weight-stats",
+            "per-source",
+            "--seed",
+            seed,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let (a, b, c) = (dir.join("a.json"), dir.join("b.json"), dir.join("c.json"));
+    for (p, seed) in [(&a, "1"), (&b, "1"), (&c, "2")] {
+        let o = run(p, seed);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+    assert_eq!(read(&a), read(&b));
+    assert_ne!(read(&a), read(&c));
+    let merged: Vec<serde_json::Value> = serde_json::from_str(&read(&a)).unwrap();
+    assert_eq!(merged.len(), 16);
+    assert!(merged
+        .iter()
+        .all(|v| (0.75..=1.25).contains(&v["weighted_score"].as_f64().unwrap())));
+    let o = mmedpo(&[
+        "assemble",
+        "--data",
+        "data/default/pairs.json",
+        "--weight-mode",
+        "loud",
+        "--out",
+        dir.join("d.json").to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--weight-mode loud"),
         "{}",
         stderr(&o)
     );

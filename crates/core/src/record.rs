@@ -267,17 +267,10 @@ mod tests {
 
     #[test]
     fn the_released_files_are_valid() {
-        let shared = std::env::var_os("MMEDPO_SHARED_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-        let path = shared.join("data/vqa-rad_dpo_weighted.json");
-        if !path.is_file() && std::env::var_os("MMEDPO_ALLOW_NO_SHARED").is_some() {
-            eprintln!(
-                "NOTICE: {} missing; MMEDPO_ALLOW_NO_SHARED set, check NOT run",
-                path.display()
-            );
+        let Some(data) = crate::testing::shared_data_dir() else {
             return;
-        }
+        };
+        let path = data.join("vqa-rad_dpo_weighted.json");
         let recs = read_records(&path).unwrap();
         assert_eq!(recs.len(), 1797);
         assert!(recs

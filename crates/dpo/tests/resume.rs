@@ -12,11 +12,10 @@ use std::path::Path;
 
 use common::*;
 use mmedpo_core::record::read_records;
-use mmedpo_dpo::train::{train, TrainSettings};
+use mmedpo_dpo::train::TrainSettings;
 
 #[test]
 fn a_killed_and_resumed_run_ends_with_the_same_adapter_bytes() {
-    let device = Default::default();
     let recs = read_records(&root().join("data/default/pairs.json")).unwrap();
     let s = TrainSettings {
         max_steps: Some(6),
@@ -26,51 +25,18 @@ fn a_killed_and_resumed_run_ends_with_the_same_adapter_bytes() {
         ..settings()
     };
     let (a, b) = (tmp("whole"), tmp("killed"));
-    train(
-        model(),
-        &tok(),
-        &recs,
-        None,
-        &s,
-        &a,
-        false,
-        &device,
-        &mut |_, _| {},
-    )
-    .unwrap();
+    run_training(&recs, &s, &a, false);
     // Killed during step 5 (after checkpoint 4): emulate by stopping after 5 steps of this process.
     let killed = TrainSettings {
         stop_after: Some(5),
         ..s.clone()
     };
-    let partial = train(
-        model(),
-        &tok(),
-        &recs,
-        None,
-        &killed,
-        &b,
-        false,
-        &device,
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let partial = run_training(&recs, &killed, &b, false);
     assert!(
         !partial.adapter_dir.exists(),
         "a killed run has no final adapter"
     );
-    let resumed = train(
-        model(),
-        &tok(),
-        &recs,
-        None,
-        &s,
-        &b,
-        true,
-        &device,
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let resumed = run_training(&recs, &s, &b, true);
     assert_eq!(resumed.resumed_from, 4);
     let bytes = |d: &Path| std::fs::read(d.join("adapter/adapter_model.safetensors")).unwrap();
     assert!(bytes(&a) == bytes(&b), "final adapters differ");

@@ -12,7 +12,7 @@ use burn::module::Module;
 use common::*;
 use mmedpo_core::record::read_records;
 use mmedpo_dpo::data::{pair_weights, WeightMode, WeightStats};
-use mmedpo_dpo::train::{loss_and_grads, train, TrainSettings};
+use mmedpo_dpo::train::{loss_and_grads, TrainSettings};
 use mmedpo_lvlm::score::prepare_pair;
 use mmedpo_lvlm::Layout;
 
@@ -78,18 +78,7 @@ fn training_on_a_small_set_reaches_reward_accuracy_one() {
         ..settings()
     };
     let out = tmp("converge");
-    let summary = train(
-        model(),
-        &tok(),
-        &recs,
-        None,
-        &s,
-        &out,
-        false,
-        &device,
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let summary = run_training(&recs, &s, &out, false);
     assert_eq!(summary.logs.len(), 120);
     let first = &summary.logs[0];
     let last = summary.logs.last().unwrap();
@@ -117,7 +106,6 @@ fn training_on_a_small_set_reaches_reward_accuracy_one() {
 
 #[test]
 fn a_projector_learning_rate_trains_the_projector_and_checkpoints_it() {
-    let device = Default::default();
     let recs = read_records(&root().join("data/default/pairs.json")).unwrap();
     let s = TrainSettings {
         max_steps: Some(2),
@@ -135,18 +123,7 @@ fn a_projector_learning_rate_trains_the_projector_and_checkpoints_it() {
         .into_data()
         .to_vec()
         .unwrap();
-    train(
-        model(),
-        &tok(),
-        &recs,
-        None,
-        &s,
-        &out,
-        false,
-        &device,
-        &mut |_, _| {},
-    )
-    .unwrap();
+    run_training(&recs, &s, &out, false);
     let ck = out.join("checkpoint-2/projector.safetensors");
     assert!(ck.is_file());
     let bytes = std::fs::read(&ck).unwrap();

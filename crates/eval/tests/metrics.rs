@@ -4,7 +4,7 @@
 //! `MMEDPO_ALLOW_NO_SHARED`) and 24 synthetic report-like texts with edge cases. Tolerance 1e-6.
 //! WordNet: `$MMEDPO_WORDNET` or /usr/share/wordnet (Debian's wordnet-base; `.ci/run` installs it).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use mmedpo_eval::normalize::normalize_word;
 use mmedpo_eval::vqa::{closed_hit, open_recall};
@@ -93,23 +93,9 @@ fn synthetic_texts_match_nltk_and_rouge() {
 
 #[test]
 fn preference_file_answers_match_nltk_and_rouge() {
-    let shared = std::env::var_os("MMEDPO_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    let data = shared.join("data");
-    if !data.is_dir() {
-        if std::env::var_os("MMEDPO_ALLOW_NO_SHARED").is_some() {
-            eprintln!(
-                "NOTICE: {} not found; MMEDPO_ALLOW_NO_SHARED is set, shared-data check NOT run",
-                data.display()
-            );
-            return;
-        }
-        panic!(
-            "{} not found: set MMEDPO_SHARED_DIR to the folder holding data/*_dpo_weighted.json",
-            data.display()
-        );
-    }
+    let Some(data) = mmedpo_core::testing::shared_data_dir() else {
+        return;
+    };
     let wn = WordNet::open(None).unwrap();
     let g = goldens();
     let mut worst = [0f64; 9];

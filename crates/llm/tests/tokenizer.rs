@@ -73,23 +73,9 @@ fn edge_cases_match_sentencepiece_with_and_without_bos() {
 
 #[test]
 fn every_turn_of_the_mmedpo_preference_files_matches_sentencepiece() {
-    let shared = std::env::var_os("MMEDPO_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("../shared"));
-    let data = shared.join("data");
-    if !data.is_dir() {
-        if std::env::var_os("MMEDPO_ALLOW_NO_SHARED").is_some() {
-            eprintln!(
-                "NOTICE: {} not found; MMEDPO_ALLOW_NO_SHARED is set, shared-data check NOT run",
-                data.display()
-            );
-            return;
-        }
-        panic!(
-            "{} not found: set MMEDPO_SHARED_DIR to the folder holding data/*_dpo_weighted.json",
-            data.display()
-        );
-    }
+    let Some(data) = mmedpo_core::testing::shared_data_dir() else {
+        return;
+    };
     let tok = tokenizer();
     let g = goldens();
     let hashes: Vec<&str> = g["shared_hashes"]

@@ -164,46 +164,29 @@ fn bad_training_data_is_reported_item_by_item() {
     items[5]["weighted_score"] = "high".into();
     let data = dir.join("pairs.json");
     std::fs::write(&data, serde_json::to_string(&items).unwrap()).unwrap();
-    let o = mmedpo(&[
-        "train",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--image-root",
-        "data/images",
-        "--out",
-        dir.join("o").to_str().unwrap(),
-        "--max-steps",
-        "1",
-    ]);
+    let out = dir.join("o");
+    let train = || {
+        mmedpo(&[
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--image-root",
+            "data/images",
+            "--out",
+            out.to_str().unwrap(),
+            "--max-steps",
+            "1",
+        ])
+    };
+    let o = train();
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(e.contains("item id 5") && e.contains("\"high\""), "{e}");
-    let items_ok: Vec<serde_json::Value> = items
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut v)| {
-            if i == 5 {
-                v["weighted_score"] = 0.5.into();
-            }
-            v
-        })
-        .collect();
-    std::fs::write(&data, serde_json::to_string(&items_ok).unwrap()).unwrap();
-    let o = mmedpo(&[
-        "train",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--image-root",
-        "data/images",
-        "--out",
-        dir.join("o").to_str().unwrap(),
-        "--max-steps",
-        "1",
-    ]);
+    items[5]["weighted_score"] = 0.5.into();
+    std::fs::write(&data, serde_json::to_string(&items).unwrap()).unwrap();
+    let o = train();
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains("item id 2") && stderr(&o).contains("nope.png"),

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use mmedpo_core::backend::CpuAutodiff;
+use mmedpo_core::record::PreferenceRecord;
 use mmedpo_dpo::data::{WeightMode, WeightStats};
 use mmedpo_dpo::loss::LossType;
 use mmedpo_dpo::optim::AdamW;
-use mmedpo_dpo::train::{Reference, TrainSettings};
+use mmedpo_dpo::train::{train, Reference, TrainSettings, TrainSummary};
 use mmedpo_lora::LoraConfig;
 use mmedpo_lvlm::score::PairSettings;
 use mmedpo_lvlm::{Layout, LlavaConfig, LlavaForConditionalGeneration, Tokenizer};
@@ -73,4 +74,25 @@ pub fn settings() -> TrainSettings {
         layout: Layout::Hf,
         stop_after: None,
     }
+}
+
+/// Trains the tiny model on `recs` with settings `s` into `out` (resuming when asked).
+pub fn run_training(
+    recs: &[PreferenceRecord],
+    s: &TrainSettings,
+    out: &Path,
+    resume: bool,
+) -> TrainSummary {
+    train(
+        model(),
+        &tok(),
+        recs,
+        None,
+        s,
+        out,
+        resume,
+        &Default::default(),
+        &mut |_, _| {},
+    )
+    .unwrap()
 }

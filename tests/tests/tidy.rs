@@ -37,6 +37,7 @@ const ALLOWED_EDGES: &[(&str, &str)] = &[
     ("scorer", "curation"),
     ("scorer", "llm"),
     ("medklip", "core"),
+    ("medklip", "vision"),
     ("eval", "core"),
     ("runner", "*"),
 ];

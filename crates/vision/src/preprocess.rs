@@ -65,6 +65,38 @@ pub fn expand_to_square(img: &RgbImage, color: [u8; 3]) -> RgbImage {
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
+/// A Pillow resampling filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    /// `Image.BICUBIC` (a = −0.5, support 2): CLIP's processor.
+    Bicubic,
+    /// `Image.BILINEAR` (triangle, support 1): torchvision's `Resize` on PIL images (MedKLIP).
+    Bilinear,
+}
+
+impl Filter {
+    fn support(self) -> f64 {
+        match self {
+            Filter::Bicubic => 2.0,
+            Filter::Bilinear => 1.0,
+        }
+    }
+
+    fn eval(self, x: f64) -> f64 {
+        match self {
+            Filter::Bicubic => bicubic(x),
+            Filter::Bilinear => {
+                let x = x.abs();
+                if x < 1.0 {
+                    1.0 - x
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
 fn bicubic(x: f64) -> f64 {
     const A: f64 = -0.5;
     let x = x.abs();
@@ -79,10 +111,10 @@ fn bicubic(x: f64) -> f64 {
 
 /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`: per output pixel the first input index
 /// and the fixed-point weights.
-fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
+fn coefficients(in_size: usize, out_size: usize, filter: Filter) -> Vec<(usize, Vec<i32>)> {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
-    let support = 2.0 * filterscale;
+    let support = filter.support() * filterscale;
     (0..out_size)
         .map(|xx| {
             let center = (xx as f64 + 0.5) * scale;
@@ -91,7 +123,7 @@ fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
             let mut k: Vec<f64> = (xmin..xmax)
-                .map(|x| bicubic((x as f64 - center + 0.5) * ss))
+                .map(|x| filter.eval((x as f64 - center + 0.5) * ss))
                 .collect();
             let ww: f64 = k.iter().sum();
             if ww != 0.0 {
@@ -115,10 +147,15 @@ fn clip8(acc: i64) -> u8 {
 
 /// Pillow's `Image.resize(size, Image.BICUBIC)` for 8-bit RGB, bit-exact.
 pub fn resize_bicubic(img: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
+    resize(img, out_w, out_h, Filter::Bicubic)
+}
+
+/// Pillow's `Image.resize(size, filter)` for 8-bit RGB, bit-exact: horizontal pass, then vertical.
+pub fn resize(img: &RgbImage, out_w: u32, out_h: u32, filter: Filter) -> RgbImage {
     let (w, h) = img.dimensions();
     let mut cur = img.clone();
     if out_w != w {
-        let coeffs = coefficients(w as usize, out_w as usize);
+        let coeffs = coefficients(w as usize, out_w as usize, filter);
         let mut out = RgbImage::new(out_w, h);
         for y in 0..h {
             for (xx, (xmin, k)) in coeffs.iter().enumerate() {
@@ -139,7 +176,7 @@ pub fn resize_bicubic(img: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
         cur = out;
     }
     if out_h != h {
-        let coeffs = coefficients(h as usize, out_h as usize);
+        let coeffs = coefficients(h as usize, out_h as usize, filter);
         let cw = cur.width();
         let mut out = RgbImage::new(cw, out_h);
         for (yy, (ymin, k)) in coeffs.iter().enumerate() {
@@ -252,7 +289,10 @@ mod tests {
         let out = resize_bicubic(&img, 23, 71);
         assert!(out.pixels().all(|p| p == &Rgb([200, 17, 0])));
         for (n, m) in [(512, 336), (128, 336), (336, 336)] {
-            for (_, k) in coefficients(n, m) {
+            for (_, k) in coefficients(n, m, Filter::Bicubic)
+                .into_iter()
+                .chain(coefficients(n, m, Filter::Bilinear))
+            {
                 let sum: i64 = k.iter().map(|&x| x as i64).sum();
                 assert!(
                     (sum - (1 << PRECISION_BITS)).abs() <= k.len() as i64,

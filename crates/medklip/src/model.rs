@@ -287,13 +287,14 @@ fn default_weights() -> Result<(Vec<u8>, PathBuf)> {
 #[cfg(not(medklip_tiny))]
 fn default_weights() -> Result<(Vec<u8>, PathBuf)> {
     let path = PathBuf::from(BUILT_WEIGHTS);
-    read(&path).map_err(|_| Error::Weights {
+    let bytes = read(&path).map_err(|_| Error::Weights {
         path: path.clone(),
         message: format!(
             "the weights written when this binary was built ({SOURCE}) are not on this machine; \
              copy that .bpk here and pass it with --medklip-weights"
         ),
-    })
+    })?;
+    Ok((bytes, path))
 }
 
 fn to_vec(data: TensorData) -> Result<Vec<f32>> {

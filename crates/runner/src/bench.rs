@@ -36,6 +36,28 @@ enum What {
         #[arg(long, value_enum, default_value_t = BenchBackend::Flex)]
         backend: BenchBackend,
     },
+    /// Images/s of the visual-pair stage (MedKLIP as compiled, heatmap, mask, noise, PNG) on a
+    /// square gray chest X-ray.
+    Visual {
+        /// Side of the input images in pixels.
+        #[arg(long, default_value_t = 512)]
+        size: u32,
+        /// Images timed (after one warm-up batch).
+        #[arg(long, default_value_t = 32)]
+        images: usize,
+        /// Images per MedKLIP forward.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Noise mode.
+        #[arg(long, default_value = "speckle-faithful")]
+        noise: String,
+        /// MedKLIP weights for a real build (default: the compiled-in or built weights).
+        #[arg(long)]
+        medklip_weights: Option<std::path::PathBuf>,
+        /// Backend.
+        #[arg(long, value_enum, default_value_t = BenchBackend::Flex)]
+        backend: BenchBackend,
+    },
     /// Square f32 matmul GFLOP/s.
     Matmul {
         /// Matrix side.
@@ -111,6 +133,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 &device, prompt_len, new_tokens, batch, reps, backend
             ))
         }
+        What::Visual {
+            size,
+            images,
+            batch,
+            noise,
+            medklip_weights,
+            backend,
+        } => on_backend!(backend, |B, device| bench_visual::<B>(
+            &device,
+            size,
+            images,
+            batch,
+            &noise,
+            medklip_weights.as_deref(),
+            backend
+        )),
         What::Matmul {
             size,
             reps,
@@ -195,6 +233,94 @@ fn bench_matmul<B: Backend>(
     println!(
         "{}",
         serde_json::json!({"bench": "matmul", "backend": format!("{backend:?}"), "size": size, "ms": secs * 1e3, "gflops": gflops})
+    );
+    Ok(())
+}
+
+fn bench_visual<B: Backend>(
+    device: &B::Device,
+    size: u32,
+    images: usize,
+    batch: usize,
+    noise: &str,
+    weights: Option<&std::path::Path>,
+    backend: BenchBackend,
+) -> Result<()> {
+    use mmedpo_medklip::model::{normalize, resize_224};
+    use mmedpo_medklip::noise::{add_noise, NoiseMode, DEFAULT_STEP};
+    let mode = NoiseMode::parse(noise, DEFAULT_STEP)?;
+    let model = mmedpo_medklip::Medklip::<B>::load(weights, device)?;
+    let query = mmedpo_medklip::observation_index("disease")?;
+    let xray = image::open("data/images/chest-xray-pa-nodules.png")
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "data/images/chest-xray-pa-nodules.png (run from the repository root): {e}"
+            )
+        })?
+        .resize_exact(size, size, image::imageops::FilterType::Triangle)
+        .to_luma8();
+    let img = image::DynamicImage::ImageLuma8(xray);
+    let batch = batch.clamp(1, images.max(1));
+    let mut stage = [0f64; 5]; // preprocess, medklip, heatmap+mask, noise, png
+    let mut run_batch = |timed: bool| -> Result<()> {
+        let t = Instant::now();
+        let prepared: Vec<Vec<f32>> = (0..batch)
+            .map(|_| normalize(&resize_224(&img.to_rgb8())))
+            .collect();
+        let t1 = Instant::now();
+        let analyses = model.analyze_normalized(&prepared, query)?;
+        let t2 = Instant::now();
+        let (mut heat, mut noise_s, mut png) = (0.0, 0.0, 0.0);
+        for (i, a) in analyses.iter().enumerate() {
+            let t = Instant::now();
+            let lesion = mmedpo_medklip::lesion_map(&a.map14, size as usize, size as usize);
+            let tn = Instant::now();
+            let noised = add_noise(&img, &lesion.mask, mode, i as u64);
+            let tp = Instant::now();
+            let mut bytes = Vec::new();
+            noised.write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )?;
+            heat += (tn - t).as_secs_f64();
+            noise_s += (tp - tn).as_secs_f64();
+            png += tp.elapsed().as_secs_f64();
+        }
+        if timed {
+            stage[0] += (t1 - t).as_secs_f64();
+            stage[1] += (t2 - t1).as_secs_f64();
+            stage[2] += heat;
+            stage[3] += noise_s;
+            stage[4] += png;
+        }
+        Ok(())
+    };
+    run_batch(false)?; // warm-up
+    let batches = images.max(1).div_ceil(batch);
+    for _ in 0..batches {
+        run_batch(true)?;
+    }
+    let n = (batches * batch) as f64;
+    let total: f64 = stage.iter().sum();
+    let per = |s: f64| 1e3 * s / n;
+    println!(
+        "{backend:?}, MedKLIP = {}: {n} images of {size}x{size}, batch {batch}, noise {}: {:.2} images/s \
+         (ms/image: preprocess {:.2}, MedKLIP {:.2}, heatmap+mask {:.2}, noise {:.2}, PNG {:.2})",
+        mmedpo_medklip::model::SOURCE,
+        mode.name(),
+        n / total,
+        per(stage[0]),
+        per(stage[1]),
+        per(stage[2]),
+        per(stage[3]),
+        per(stage[4]),
+    );
+    println!(
+        "{}",
+        serde_json::json!({"bench": "visual", "backend": format!("{backend:?}"), "medklip": mmedpo_medklip::model::SOURCE,
+            "size": size, "images": n, "batch": batch, "noise": mode.name(), "images_per_s": n / total,
+            "ms_per_image": {"preprocess": per(stage[0]), "medklip": per(stage[1]), "heatmap_mask": per(stage[2]),
+            "noise": per(stage[3]), "png": per(stage[4])}})
     );
     Ok(())
 }

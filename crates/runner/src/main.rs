@@ -11,6 +11,7 @@ mod pyrandom;
 mod relevance;
 mod score;
 mod train;
+mod visual;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -39,6 +40,8 @@ enum Command {
     Metrics(eval::MetricsArgs),
     /// Clinical-relevance weights of preference pairs by several Med-LLM agents in turns.
     ScoreRelevance(relevance::RelevanceArgs),
+    /// Visual pairs: MedKLIP lesion heatmap, localized noise, confidence weight (per item).
+    VisualPairs(visual::VisualArgs),
     /// Merge text and visual pair files into one training file (weight mode applied, shuffled).
     Assemble(assemble::AssembleArgs),
     /// Measure throughput (prefill/decode tokens/s, matmul GFLOP/s) on a backend.
@@ -115,6 +118,7 @@ fn main() -> std::process::ExitCode {
         Command::Metrics(args) => eval::metrics(args),
         Command::ScoreRelevance(args) => relevance::run(args),
         Command::Assemble(args) => assemble::run(args),
+        Command::VisualPairs(args) => visual::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

@@ -1,0 +1,346 @@
+//! `mmedpo visual-pairs`: MMedPO's visual preference pairs (paper §3.1, Table 5).
+//!
+//! For every input item: MedKLIP reads its image (each distinct image once, in batches), the lesion
+//! mask comes from the "disease" attention map, and the rejected image is the original with seeded
+//! noise in the mask. The item becomes a pair with the clean image as `image`, the noised PNG as
+//! `rejected_image`, the ground-truth answer in both conversations and `weighted_score` = MedKLIP's
+//! confidence. Noise seeds derive from `--seed` and the item id, so order, batching and restarts do
+//! not change a pixel.
+//!
+//! Resumable: PNGs are written whole (temp file + rename), then one line per item is appended to
+//! `OUT/progress.jsonl`; a restart skips the items listed there. The preference file is written at
+//! the end, in input order, so an interrupted-and-resumed run ends with the same files as one
+//! uninterrupted run. Unreadable images are reported by item id and path; the run goes on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::backend::Backend;
+use clap::Args;
+use image::DynamicImage;
+use indicatif::{ProgressBar, ProgressStyle};
+use mmedpo_core::record::{read_records, PreferenceRecord};
+use mmedpo_medklip::noise::{to_noise_input, DEFAULT_STEP};
+use mmedpo_medklip::overlay::overlay;
+use mmedpo_medklip::{add_noise, lesion_map, observation_index, Medklip, NoiseMode};
+
+use crate::{with_backend, DeviceKind, Dtype};
+
+/// Arguments of `mmedpo visual-pairs`.
+#[derive(Args, Debug)]
+pub struct VisualArgs {
+    /// Preference file (MMedPO format) whose items (image, question, ground truth) become visual pairs.
+    #[arg(long)]
+    data: PathBuf,
+    /// Folder the items' `image` paths are relative to.
+    #[arg(long)]
+    image_root: PathBuf,
+    /// Output folder: `visual_pairs.json`, `images/`, `overlays/`, `progress.jsonl`.
+    #[arg(long)]
+    out: PathBuf,
+    /// speckle-faithful (the released code), speckle-clamped, diffusion (paper Eq. 2) or global.
+    #[arg(long, default_value = "speckle-faithful")]
+    noise: String,
+    /// Diffusion step k for `diffusion` and `global` (0..=999).
+    #[arg(long, default_value_t = DEFAULT_STEP)]
+    noise_step: usize,
+    /// Base seed of the noise.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// MedKLIP observation whose attention map and confidence are used.
+    #[arg(long, default_value = "disease")]
+    query: String,
+    /// Also write heatmap-over-image PNGs to OUT/overlays/.
+    #[arg(long)]
+    overlays: bool,
+    /// Images per MedKLIP forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// MedKLIP weights (.bpk) for the compiled graph (default: embedded tiny model, or the build's).
+    #[arg(long)]
+    medklip_weights: Option<PathBuf>,
+    /// Where MedKLIP runs.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    device: DeviceKind,
+}
+
+/// The preference file written at the top of `--out`.
+pub const OUTPUT_FILE: &str = "visual_pairs.json";
+
+fn fnv(bytes: &[u8]) -> u64 {
+    let hex = mmedpo_core::record::fingerprint([bytes]);
+    u64::from_str_radix(&hex, 16).unwrap_or_default()
+}
+
+/// A file-name-safe form of an item id (a hash suffix keeps distinct ids distinct).
+fn file_stem(id: &str) -> String {
+    let safe: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if safe == id && !safe.starts_with('.') {
+        safe
+    } else {
+        format!("{safe}-{:08x}", fnv(id.as_bytes()) as u32)
+    }
+}
+
+fn item_seed(seed: u64, id: &str) -> u64 {
+    fnv(format!("{seed}\u{0}{id}").as_bytes())
+}
+
+/// Writes `bytes` to `path` whole: a temp file in the same folder, then a rename.
+fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = path.with_extension("tmp.png");
+    write(&tmp)?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// How `rejected_image` is written: relative to the image root when the output is inside it,
+/// else absolute.
+fn rejected_path(root: &Path, png: &Path) -> String {
+    let (Ok(root), Ok(png)) = (root.canonicalize(), png.canonicalize()) else {
+        return png.display().to_string();
+    };
+    match png.strip_prefix(&root) {
+        Ok(rel) => rel.display().to_string(),
+        Err(_) => png.display().to_string(),
+    }
+}
+
+/// Reads the complete lines of `progress.jsonl`, dropping (and rewriting away) a cut last line.
+fn progress(path: &Path) -> Result<BTreeMap<String, serde_json::Value>> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(BTreeMap::new());
+    };
+    let good: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let rewritten: String = good.iter().map(|v| format!("{v}\n")).collect();
+    if rewritten != text {
+        std::fs::write(path, rewritten).with_context(|| format!("rewriting {}", path.display()))?;
+    }
+    Ok(good
+        .into_iter()
+        .filter_map(|v| Some((v["id"].as_str()?.to_string(), v)))
+        .collect())
+}
+
+/// Runs `mmedpo visual-pairs`.
+pub fn run(args: VisualArgs) -> Result<()> {
+    with_backend!(args.device, Dtype::F32, |B, device| run_on::<B>(
+        &args, &device
+    ))
+}
+
+fn run_on<B: Backend>(args: &VisualArgs, device: &B::Device) -> Result<()> {
+    let mode = NoiseMode::parse(&args.noise, args.noise_step)?;
+    let query = observation_index(&args.query)?;
+    let records = read_records(&args.data)?;
+    let mut seen = HashMap::new();
+    for r in &records {
+        if let Some(prev) = seen.insert(r.id.to_string(), &r.image) {
+            bail!(
+                "{}: item id {} appears twice (images {prev} and {})",
+                args.data.display(),
+                r.id,
+                r.image
+            );
+        }
+    }
+    let images_dir = args.out.join("images");
+    let overlays_dir = args.out.join("overlays");
+    std::fs::create_dir_all(&images_dir)
+        .with_context(|| format!("creating {}", images_dir.display()))?;
+    if args.overlays {
+        std::fs::create_dir_all(&overlays_dir)
+            .with_context(|| format!("creating {}", overlays_dir.display()))?;
+    }
+    // A kill can leave a half-written temp file; it is redone from scratch.
+    for dir in [&images_dir, &overlays_dir] {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().ends_with(".tmp.png") {
+                std::fs::remove_file(e.path())
+                    .with_context(|| format!("removing {}", e.path().display()))?;
+            }
+        }
+    }
+    let progress_path = args.out.join("progress.jsonl");
+    let done = progress(&progress_path)?;
+    // Settings that change pixels or scores must match the run being resumed.
+    let settings = serde_json::json!({
+        "noise": mode.name(), "noise_step": args.noise_step, "seed": args.seed, "query": args.query,
+        "medklip": mmedpo_medklip::model::FINGERPRINT,
+    });
+    let settings_path = args.out.join("settings.json");
+    if let Ok(old) = std::fs::read_to_string(&settings_path) {
+        let old: serde_json::Value = serde_json::from_str(&old).unwrap_or_default();
+        if old != settings && !done.is_empty() {
+            bail!(
+                "{} holds a run with other settings ({old}); use another --out or delete it",
+                args.out.display()
+            );
+        }
+    }
+    std::fs::write(&settings_path, format!("{settings:#}\n"))?;
+
+    let model = Medklip::<B>::load(args.medklip_weights.as_deref(), device)?;
+    tracing::info!(
+        items = records.len(),
+        already = done.len(),
+        noise = mode.name(),
+        medklip = mmedpo_medklip::model::SOURCE,
+        weights = %model.weights().display(),
+        "making visual pairs"
+    );
+    // Distinct images in order of first use, with the items still to do.
+    let mut groups: Vec<(String, Vec<&PreferenceRecord>)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for r in records
+        .iter()
+        .filter(|r| !done.contains_key(&r.id.to_string()))
+    {
+        let i = *index.entry(r.image.as_str()).or_insert_with(|| {
+            groups.push((r.image.clone(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[i].1.push(r);
+    }
+    let bar = ProgressBar::new(records.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} items {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(done.len() as u64);
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&progress_path)
+        .with_context(|| format!("opening {}", progress_path.display()))?;
+    let started = Instant::now();
+    let (mut unreadable, mut images_done) = (Vec::<(String, PathBuf, String)>::new(), 0usize);
+    for batch in groups.chunks(args.batch_size.max(1)) {
+        let mut loaded: Vec<(&(String, Vec<&PreferenceRecord>), DynamicImage)> = Vec::new();
+        for g in batch {
+            let path = args.image_root.join(&g.0);
+            match image::open(&path) {
+                Ok(img) => loaded.push((g, img)),
+                Err(e) => {
+                    for r in &g.1 {
+                        unreadable.push((r.id.to_string(), path.clone(), e.to_string()));
+                        bar.inc(1);
+                    }
+                }
+            }
+        }
+        let rgb: Vec<_> = loaded.iter().map(|(_, img)| img.to_rgb8()).collect();
+        let analyses = model.analyze(&rgb, query)?;
+        for ((g, img), a) in loaded.into_iter().zip(analyses) {
+            let original = to_noise_input(img);
+            let (w, h) = (original.width() as usize, original.height() as usize);
+            let lesion = lesion_map(&a.map14, w, h);
+            if args.overlays {
+                let stem = Path::new(&g.0).with_extension("");
+                let path = overlays_dir.join(format!("{}.png", file_stem(&stem.to_string_lossy())));
+                let pic = overlay(&original, &lesion);
+                write_atomic(&path, |tmp| {
+                    pic.save_with_format(tmp, image::ImageFormat::Png)
+                        .with_context(|| format!("writing {}", tmp.display()))
+                })?;
+            }
+            for r in &g.1 {
+                let id = r.id.to_string();
+                let seed = item_seed(args.seed, &id);
+                let noised = add_noise(&original, &lesion.mask, mode, seed);
+                let png = images_dir.join(format!("{}.png", file_stem(&id)));
+                write_atomic(&png, |tmp| {
+                    noised
+                        .save_with_format(tmp, image::ImageFormat::Png)
+                        .with_context(|| format!("writing {}", tmp.display()))
+                })?;
+                let line = serde_json::json!({
+                    "id": id, "rejected_image": rejected_path(&args.image_root, &png),
+                    "score": a.score, "coverage": lesion.coverage(), "seed": seed,
+                });
+                writeln!(log, "{line}")
+                    .and_then(|_| log.flush())
+                    .with_context(|| format!("appending to {}", progress_path.display()))?;
+                bar.inc(1);
+            }
+            images_done += 1;
+        }
+    }
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+
+    let done = progress(&progress_path)?;
+    let mut out = Vec::new();
+    let (mut scores, mut coverage) = (Vec::new(), Vec::new());
+    for r in &records {
+        let Some(p) = done.get(&r.id.to_string()) else {
+            continue;
+        };
+        let score = p["score"]
+            .as_f64()
+            .context("progress line without a score")?;
+        scores.push(score);
+        coverage.push(p["coverage"].as_f64().unwrap_or(f64::NAN));
+        let mut pair = r.clone();
+        pair.rejected_conversations = r.conversations.clone();
+        pair.rejected_image = Some(p["rejected_image"].as_str().unwrap_or_default().to_string());
+        pair.weighted_score = Some(score);
+        out.push(pair);
+    }
+    let out_file = args.out.join(OUTPUT_FILE);
+    let tmp = args.out.join(format!("{OUTPUT_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_string_pretty(&out)? + "\n")
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &out_file)?;
+
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    eprintln!(
+        "{} visual pairs in {} ({} items, {} unreadable); this run: {images_done} images in {secs:.1} s \
+         ({:.2} images/s); confidence mean {:.3}, noised area mean {:.1}%",
+        out.len(),
+        out_file.display(),
+        records.len(),
+        unreadable.len(),
+        images_done as f64 / secs.max(1e-9),
+        mean(&scores),
+        100.0 * mean(&coverage),
+    );
+    if !unreadable.is_empty() {
+        eprintln!("unreadable images (items left out; fix them and run again to add them):");
+        for (id, path, e) in &unreadable {
+            eprintln!("  item {id}: {}: {e}", path.display());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_stems_are_safe_and_distinct() {
+        assert_eq!(file_stem("123"), "123");
+        assert_eq!(file_stem("a-b_c.d"), "a-b_c.d");
+        let (a, b) = (file_stem("x/y"), file_stem("x:y"));
+        assert!(a.starts_with("x_y-") && b.starts_with("x_y-") && a != b);
+        assert!(!file_stem("../etc").contains('/'));
+        assert_ne!(item_seed(1, "a"), item_seed(2, "a"));
+        assert_ne!(item_seed(1, "a"), item_seed(1, "b"));
+    }
+}

@@ -49,6 +49,9 @@ pub enum Error {
     /// A generation request is malformed (empty prompt, bad sampling values, ...).
     #[error("invalid generation request: {0}")]
     Generation(String),
+    /// A chat template is missing, unknown or fails to render.
+    #[error("chat template: {0}")]
+    Template(String),
 }
 
 impl Error {

@@ -31,6 +31,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod chat;
 pub mod config;
 pub mod error;
 pub mod generate;
@@ -39,6 +40,7 @@ pub mod loader;
 pub mod template;
 pub mod tokenizer;
 
+pub use chat::{BuiltinChat, ChatTemplate};
 pub use config::{DecoderConfig, HfConfig, ModelType};
 pub use error::{Error, Result};
 pub use generate::{FinishReason, Generation, GenerationConfig, Sampling};

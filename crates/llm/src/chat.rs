@@ -36,9 +36,11 @@ impl BuiltinChat {
             "mistral" => Self::Mistral,
             "chatml" => Self::ChatMl,
             "zephyr" => Self::Zephyr,
-            other => return Err(Error::Template(format!(
+            other => {
+                return Err(Error::Template(format!(
                 "unknown built-in chat template {other:?}: use llama3, mistral, chatml or zephyr"
-            ))),
+            )))
+            }
         })
     }
 }

@@ -4,6 +4,7 @@
 mod assemble;
 mod bench;
 mod common;
+mod curate;
 mod eval;
 mod generate;
 mod plot;
@@ -38,6 +39,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Score predictions made elsewhere (VQA accuracy/recall, report BLEU/ROUGE-L/METEOR).
     Metrics(eval::MetricsArgs),
+    /// Text pairs: sample answers from the target Med-LVLM, a judge picks or writes the hallucination.
+    CurateText(curate::CurateArgs),
     /// Clinical-relevance weights of preference pairs by several Med-LLM agents in turns.
     ScoreRelevance(relevance::RelevanceArgs),
     /// Visual pairs: MedKLIP lesion heatmap, localized noise, confidence weight (per item).
@@ -117,6 +120,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Metrics(args) => eval::metrics(args),
         Command::ScoreRelevance(args) => relevance::run(args),
+        Command::CurateText(args) => curate::run(args),
         Command::Assemble(args) => assemble::run(args),
         Command::VisualPairs(args) => visual::run(args),
         Command::Bench(args) => bench::run(args),

@@ -99,3 +99,44 @@ pub fn plot_training(logs: &[StepLog], path: &Path) -> Result<()> {
         .map_err(|e| anyhow!("{}: {e}", path.display()))?;
     Ok(())
 }
+
+/// A bar chart of clinical-relevance scores in bins 0.0, 0.1, …, 1.0 into `path` (PNG, 800×450).
+pub fn plot_score_histogram(counts: &[usize; 11], title: &str, path: &Path) -> Result<()> {
+    let text = register_font();
+    let root = BitMapBackend::new(path, (800, 450)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let top = counts.iter().copied().max().unwrap_or(0).max(1) as u32;
+    let mut builder = ChartBuilder::on(&root);
+    builder
+        .margin(15)
+        .x_label_area_size(if text { 40 } else { 5 })
+        .y_label_area_size(if text { 50 } else { 5 });
+    if text {
+        builder.caption(title, ("sans-serif", 22));
+    }
+    let mut chart = builder
+        .build_cartesian_2d(-0.05f64..1.05f64, 0u32..top + top / 10 + 1)
+        .map_err(|e| anyhow!("{e}"))?;
+    if text {
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_desc("clinical-relevance score")
+            .y_desc("pairs")
+            .x_labels(11)
+            .x_label_formatter(&|x| format!("{x:.1}"))
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    chart
+        .draw_series(counts.iter().enumerate().map(|(i, &n)| {
+            let x = i as f64 / 10.0;
+            Rectangle::new(
+                [(x - 0.04, 0), (x + 0.04, n as u32)],
+                RGBColor(31, 119, 180).filled(),
+            )
+        }))
+        .map_err(|e| anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}

@@ -17,8 +17,11 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use mmedpo_core::record::{read_records, PreferenceRecord};
 use mmedpo_scorer::http::HttpAgent;
+use mmedpo_scorer::local::{LocalAgent, LocalSettings};
 use mmedpo_scorer::prompts::Prompts;
 use mmedpo_scorer::{Agent, Protocol, ScoreRequest};
+
+use crate::{with_backend, DeviceKind, Dtype};
 
 /// Arguments of `mmedpo score-relevance`.
 #[derive(Args, Debug)]
@@ -26,9 +29,12 @@ pub struct RelevanceArgs {
     /// Preference file (MMedPO format).
     #[arg(long)]
     data: PathBuf,
-    /// An agent, in turn order (repeatable): `openai=BASE_URL@MODEL` (e.g. `openai=http://127.0.0.1:8000/v1@m42-8b`).
+    /// An agent, in turn order (repeatable): `openai=BASE_URL@MODEL` (e.g.
+    /// `openai=http://127.0.0.1:8000/v1@m42-8b`) or `local=MODEL_DIR` (an HF Llama/Mistral directory).
     #[arg(long = "agent", required = true)]
     agents: Vec<String>,
+    #[command(flatten)]
+    local: LocalArgs,
     /// Environment variable holding the API key (its value is never logged).
     #[arg(long)]
     api_key_env: Option<String>,
@@ -55,27 +61,57 @@ pub struct RelevanceArgs {
     out: PathBuf,
 }
 
-fn side(out: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn side(out: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(format!("{}.{suffix}", out.display()))
 }
 
-fn parse_agent(spec: &str, args: &RelevanceArgs) -> Result<Box<dyn Agent>> {
-    let Some(rest) = spec.strip_prefix("openai=") else {
-        if spec.starts_with("local=") {
-            bail!("--agent {spec}: local agents are not available in this version; serve the model with vLLM or llama.cpp and use openai=URL@MODEL");
+/// Settings of `local=` agents (shared by `score-relevance` and `curate-text`).
+#[derive(Args, Debug, Clone)]
+pub struct LocalArgs {
+    /// Built-in chat template for local agents whose tokenizer_config.json has none
+    /// (llama3, mistral, chatml, zephyr); it also overrides one that is there.
+    #[arg(long)]
+    pub local_template: Option<String>,
+    /// Most tokens per local-agent reply.
+    #[arg(long, default_value_t = 128)]
+    pub local_max_new_tokens: usize,
+    /// Where local agents run.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    pub local_device: DeviceKind,
+}
+
+/// Builds an agent from `openai=BASE_URL@MODEL` or `local=MODEL_DIR`.
+pub fn parse_agent(
+    spec: &str,
+    api_key_env: Option<&str>,
+    timeout: f64,
+    json_schema: bool,
+    local: &LocalArgs,
+) -> Result<Box<dyn Agent>> {
+    if let Some(dir) = spec.strip_prefix("local=") {
+        let dir = PathBuf::from(dir);
+        if !dir.is_dir() {
+            bail!("--agent {spec}: {} is not a model directory", dir.display());
         }
-        bail!("--agent {spec}: expected openai=BASE_URL@MODEL");
+        let settings = LocalSettings {
+            template: local.local_template.clone(),
+            max_new_tokens: local.local_max_new_tokens,
+            ..LocalSettings::default()
+        };
+        return with_backend!(local.local_device, Dtype::F32, |B, device| {
+            let agent = LocalAgent::<B>::load(&dir, settings, &device)
+                .with_context(|| format!("--agent {spec}"))?;
+            Ok(Box::new(agent) as Box<dyn Agent>)
+        });
+    }
+    let Some(rest) = spec.strip_prefix("openai=") else {
+        bail!("--agent {spec}: expected openai=BASE_URL@MODEL or local=MODEL_DIR");
     };
     let Some((url, model)) = rest.rsplit_once('@') else {
         bail!("--agent {spec}: expected openai=BASE_URL@MODEL")
     };
-    let mut a = HttpAgent::new(
-        url,
-        model,
-        args.api_key_env.as_deref(),
-        Duration::from_secs_f64(args.timeout),
-    );
-    a.json_schema = args.json_schema;
+    let mut a = HttpAgent::new(url, model, api_key_env, Duration::from_secs_f64(timeout));
+    a.json_schema = json_schema;
     Ok(Box::new(a))
 }
 
@@ -93,7 +129,7 @@ fn request(r: &PreferenceRecord) -> ScoreRequest {
 }
 
 /// Reads the complete lines of an append-only JSONL (a cut last line is dropped and rewritten away).
-fn complete_lines(path: &Path) -> Result<Vec<serde_json::Value>> {
+pub(crate) fn complete_lines(path: &Path) -> Result<Vec<serde_json::Value>> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(vec![]);
     };
@@ -114,7 +150,15 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
     let agents: Vec<Box<dyn Agent>> = args
         .agents
         .iter()
-        .map(|s| parse_agent(s, &args))
+        .map(|s| {
+            parse_agent(
+                s,
+                args.api_key_env.as_deref(),
+                args.timeout,
+                args.json_schema,
+                &args.local,
+            )
+        })
         .collect::<Result<_>>()?;
     let refs: Vec<&dyn Agent> = agents.iter().map(|a| a.as_ref()).collect();
     let prompts = match &args.prompts {
@@ -219,6 +263,11 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
             i as f64 / 10.0,
             "#".repeat(n * 40 / max)
         );
+    }
+    let png = side(&args.out, "histogram.png");
+    match crate::plot::plot_score_histogram(&hist, "clinical-relevance scores", &png) {
+        Ok(()) => eprintln!("histogram: {}", png.display()),
+        Err(e) => tracing::warn!("no histogram PNG: {e}"),
     }
     if !failed.is_empty() {
         eprintln!(

@@ -1,57 +1,8 @@
 //! `mmedpo score-relevance` against OpenAI-schema servers on loopback (every pair scored, the
 //! output in input order, a killed run resumed to the same file) and `mmedpo assemble`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::time::{Duration, Instant};
-
 mod common;
-use common::{mmedpo, stderr, tmp};
-
-/// A server that always answers `reply` (bounded: 500 connections or 60 s, then it stops).
-fn serve(reply: &'static str) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        for (n, stream) in listener.incoming().enumerate() {
-            if n >= 500 || Instant::now() > deadline {
-                break;
-            }
-            let Ok(mut stream) = stream else { continue };
-            // One thread per connection: the client keeps several in flight.
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                loop {
-                    let mut len = 0usize;
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                            len = v.trim().parse().unwrap_or(0);
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    let mut body = vec![0; len];
-                    if len == 0 || reader.read_exact(&mut body).is_err() {
-                        return;
-                    }
-                    let payload = serde_json::json!({"choices": [{"message": {"content": reply}}]})
-                        .to_string();
-                    let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}", payload.len());
-                    if stream.write_all(resp.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    url
-}
+use common::{mmedpo, serve, stderr, tmp};
 
 #[test]
 fn scores_every_pair_in_order_and_resumes_to_the_same_file() {

@@ -7,12 +7,11 @@
 //! * [`parse`]: robust reading of a score from a reply (JSON, fenced JSON, a bare number).
 //! * [`prompts`]: the prompt texts of `data/prompts/`, overridable.
 //! * [`http`]: an agent behind the OpenAI chat-completions API, with timeouts and retries.
-//!
-//! Not yet here (issue 6): the local agent on `mmedpo-llm`, text
-//! curation and the `curate-text` / `score-relevance` / `assemble` commands.
+//! * [`local`]: an agent on an in-process `mmedpo-llm` model with its chat template.
 #![deny(missing_docs)]
 
 pub mod http;
+pub mod local;
 pub mod parse;
 pub mod prompts;
 pub mod protocol;

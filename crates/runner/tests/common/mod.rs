@@ -1,9 +1,13 @@
 //! Helpers shared by the command-line tests: run the `mmedpo` binary from the repository root,
-//! fresh temporary folders, stderr as text.
+//! fresh temporary folders, stderr as text, an OpenAI-schema server on loopback, and "chain"
+//! LLMs: tiny Mistral-shaped models whose weights make greedy decoding write a fixed text.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -31,4 +35,134 @@ pub fn mmedpo(args: &[&str]) -> Output {
 /// The process's stderr.
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A server that always answers `reply` (bounded: 500 connections or 60 s, then it stops).
+pub fn serve(reply: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for (n, stream) in listener.incoming().enumerate() {
+            if n >= 500 || Instant::now() > deadline {
+                break;
+            }
+            let Ok(mut stream) = stream else { continue };
+            // One thread per connection: the client keeps several in flight.
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut len = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if len == 0 || reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let payload = serde_json::json!({"choices": [{"message": {"content": reply}}]})
+                        .to_string();
+                    let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}", payload.len());
+                    if stream.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// A tiny Mistral-shaped model (Mistral tokenizer, one layer) whose greedy reply to any prompt
+/// ending in `[/INST]` is `reply`, then EOS: a bigram chain in the weights. The embedding puts
+/// each chain token on its own axis, the layer adds nothing (zero `o_proj` and `down_proj`), and
+/// `lm_head` maps each axis to the next token. A real model directory, read by the real loader
+/// and decoded by the real generation loop; `tokenizer_config.json` has no chat template.
+pub fn chain_llm(name: &str, reply: &str) -> PathBuf {
+    use mmedpo_llm::loader::{hf_tensors, save_llm};
+    use mmedpo_llm::{DecoderConfig, Tokenizer};
+    let dir = tmp(name);
+    let tok_path = root().join("models/mistral-tokenizer/tokenizer.json");
+    let tok = Tokenizer::from_file(&tok_path).unwrap();
+    let start = *tok
+        .encode("Score it. [/INST]", false)
+        .unwrap()
+        .last()
+        .unwrap();
+    let mut chain = vec![start];
+    chain.extend(tok.encode(reply, false).unwrap());
+    let mut seen = std::collections::BTreeSet::new();
+    assert!(
+        chain.iter().all(|t| seen.insert(*t)),
+        "{reply:?}: a chain needs distinct tokens"
+    );
+    let d = 32;
+    assert!(chain.len() <= d, "{reply:?} is too long for a chain model");
+    let config = DecoderConfig {
+        hidden_size: d,
+        intermediate_size: 16,
+        num_hidden_layers: 1,
+        num_attention_heads: 2,
+        num_key_value_heads: 1,
+        head_dim: 16,
+        ..DecoderConfig::mistral_100m()
+    };
+    let model = config.init::<mmedpo_core::backend::Cpu>(&Default::default());
+    let vocab = config.vocab_size;
+    let mut tensors = hf_tensors(&model);
+    for (key, shape, data) in tensors.iter_mut() {
+        match key.as_str() {
+            "model.embed_tokens.weight" => {
+                data.fill(0.0);
+                for (j, &t) in chain.iter().enumerate() {
+                    data[t as usize * d + j] = 1.0;
+                }
+            }
+            "lm_head.weight" => {
+                assert_eq!(shape, &vec![vocab, d]);
+                data.fill(0.0);
+                for (j, _) in chain.iter().enumerate() {
+                    let next = chain.get(j + 1).copied().unwrap_or(config.eos_token_ids[0]);
+                    data[next as usize * d + j] = 10.0;
+                }
+            }
+            k if k.ends_with("o_proj.weight") || k.ends_with("down_proj.weight") => data.fill(0.0),
+            k if k.ends_with("norm.weight") => data.fill(1.0),
+            _ => {}
+        }
+    }
+    save_llm(&model, &config, &dir).unwrap();
+    mmedpo_core::checkpoint::write_safetensors(&dir.join("model.safetensors"), &tensors).unwrap();
+    std::fs::copy(&tok_path, dir.join("tokenizer.json")).unwrap();
+    dir
+}
+
+/// `mmedpo init-model` of the tiny LLaVA (models/tiny-llava), with the Mistral tokenizer.
+pub fn tiny_llava(name: &str) -> PathBuf {
+    let dir = tmp(name);
+    let o = mmedpo(&[
+        "init-model",
+        "--config",
+        "models/tiny-llava/config.json",
+        "--seed",
+        "0",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::copy(
+        root().join("models/mistral-tokenizer/tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
+    dir
 }

@@ -1,0 +1,343 @@
+//! `mmedpo curate-text`: MMedPO's text preference pairs. For each (image, question, ground truth)
+//! item the target LLaVA model samples `--n` answers (per-item seeds, so order and restarts do not
+//! change them), and the judge (`--judge openai=URL@MODEL` or `local=DIR`) picks the most
+//! hallucinated one or writes one. The output is the MMedPO preference format (chosen = ground
+//! truth, rejected = that answer, same image), without weights: `mmedpo score-relevance` sets them.
+//!
+//! Resumable like `score-relevance`: `OUT.progress.jsonl` (one line per curated item, written after
+//! its transcript in `OUT.transcripts.jsonl`); a restart skips curated items and retries failed
+//! ones; the output file is written at the end in input order.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::backend::Backend;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use mmedpo_core::record::PreferenceRecord;
+use mmedpo_curation::{judge, to_record, CandidateSampler, Item, JudgePrompts, Verdict};
+use mmedpo_llm::{GenerationConfig, Sampling, Template, Tokenizer};
+use mmedpo_lvlm::generate::generate_answers;
+use mmedpo_lvlm::{load_llava, LlavaForConditionalGeneration};
+use mmedpo_vision::AspectRatio;
+
+use crate::common::{check_vocab, load_tokenizer};
+use crate::relevance::{complete_lines, parse_agent, side, LocalArgs};
+use crate::{with_backend, DeviceKind, Dtype};
+
+/// Arguments of `mmedpo curate-text`.
+#[derive(Args, Debug)]
+pub struct CurateArgs {
+    /// Items (MMedPO format; `rejected_conversations` may be absent): image, question, ground truth.
+    #[arg(long)]
+    data: PathBuf,
+    /// Folder the items' `image` paths are relative to.
+    #[arg(long)]
+    image_root: PathBuf,
+    /// The target Med-LVLM (a LLaVA directory, original LLaVA-Med or llava-hf layout).
+    #[arg(long)]
+    model: PathBuf,
+    /// CLIP tower directory for a LLaVA whose tower is not in its checkpoint.
+    #[arg(long)]
+    vision_tower: Option<PathBuf>,
+    /// tokenizer.json to use instead of MODEL/tokenizer.json.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// The target model's conversation template (vicuna_v1 or mistral_instruct).
+    #[arg(long, default_value = "vicuna_v1")]
+    template: String,
+    /// Answers sampled per item.
+    #[arg(long, default_value_t = 5)]
+    n: usize,
+    /// Sampling temperature of the target model.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Nucleus mass of the target model's sampling.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Most tokens per sampled answer.
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Base seed (each item's draw is seeded from it and the item id).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// The judge: `openai=BASE_URL@MODEL` or `local=MODEL_DIR`.
+    #[arg(long)]
+    judge: String,
+    /// Environment variable holding the judge's API key (its value is never logged).
+    #[arg(long)]
+    api_key_env: Option<String>,
+    /// Seconds per HTTP request.
+    #[arg(long, default_value_t = 120.0)]
+    timeout: f64,
+    /// Corrective retries after an unusable verdict.
+    #[arg(long, default_value_t = 2)]
+    max_retries: usize,
+    /// Folder with prompt overrides (judge.txt, judge_corrective.txt).
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    #[command(flatten)]
+    local: LocalArgs,
+    /// Output preference file (MMedPO format, no weights yet).
+    #[arg(long)]
+    out: PathBuf,
+    /// Where the target model runs.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    device: DeviceKind,
+    /// Float type of the target model (bf16 needs --device cuda).
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    dtype: Dtype,
+}
+
+/// Reads curation items: preference records, with `rejected_conversations` optional.
+fn read_items(path: &Path) -> Result<Vec<PreferenceRecord>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    let Some(items) = value.as_array() else {
+        bail!(
+            "{}: the file must hold a JSON list of items",
+            path.display()
+        );
+    };
+    let mut out = Vec::with_capacity(items.len());
+    let mut problems = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let mut item = item.clone();
+        if let Some(obj) = item.as_object_mut() {
+            if !obj.contains_key("rejected_conversations") {
+                let conv = obj.get("conversations").cloned().unwrap_or_default();
+                obj.insert("rejected_conversations".into(), conv);
+            }
+        }
+        let label = format!(
+            "item {} (index {i})",
+            item.get("id").unwrap_or(&serde_json::Value::Null)
+        );
+        match serde_json::from_value::<PreferenceRecord>(item) {
+            Ok(r) if r.problems().is_empty() => out.push(r),
+            Ok(r) => problems.push(format!("{label}: {}", r.problems().join("; "))),
+            Err(e) => problems.push(format!("{label}: {e}")),
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "{}: {} bad item(s):\n  {}",
+            path.display(),
+            problems.len(),
+            problems.join("\n  ")
+        );
+    }
+    Ok(out)
+}
+
+fn item_seed(seed: u64, id: &str) -> u64 {
+    let hex = mmedpo_core::record::fingerprint([seed.to_le_bytes().as_slice(), id.as_bytes()]);
+    u64::from_str_radix(&hex, 16).unwrap_or(seed)
+}
+
+/// The target LLaVA as a candidate sampler.
+struct LlavaSampler<'a, B: Backend> {
+    model: &'a LlavaForConditionalGeneration<B>,
+    tokenizer: &'a Tokenizer,
+    template: Template,
+    aspect: AspectRatio,
+    image_size: u32,
+    image_root: &'a Path,
+    config: GenerationConfig,
+    temperature: f32,
+    top_p: f32,
+    device: &'a B::Device,
+}
+
+impl<B: Backend> CandidateSampler for LlavaSampler<'_, B> {
+    fn sample(&mut self, items: &[Item], n: usize, seed: u64) -> Result<Vec<Vec<String>>, String> {
+        let mut all = Vec::with_capacity(items.len());
+        for item in items {
+            let path = self.image_root.join(&item.image);
+            let batch: Vec<(&Path, &str)> = (0..n)
+                .map(|_| (path.as_path(), item.question.as_str()))
+                .collect();
+            let mut config = self.config.clone();
+            // Row r samples with seed + r: n different answers, the same ones on every run.
+            config.sampling = Sampling::Sample {
+                temperature: self.temperature,
+                top_p: self.top_p,
+                seed: item_seed(seed, &item.id),
+            };
+            let out = generate_answers(
+                self.model,
+                self.tokenizer,
+                self.template,
+                &batch,
+                self.aspect,
+                self.image_size,
+                &config,
+                self.device,
+            )
+            .map_err(|e| format!("item {}: {e}", item.id))?;
+            let texts = out
+                .tokens
+                .iter()
+                .map(|t| self.tokenizer.decode(t, true).map(|s| s.trim().to_string()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            all.push(texts);
+        }
+        Ok(all)
+    }
+}
+
+/// Runs `mmedpo curate-text`.
+pub fn run(args: CurateArgs) -> Result<()> {
+    with_backend!(args.device, args.dtype, |B, device| run_on::<B>(
+        &args, &device
+    ))
+}
+
+fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<()> {
+    if args.n == 0 {
+        bail!("--n must be at least 1");
+    }
+    let records = read_items(&args.data)?;
+    let items: Vec<Item> = records
+        .iter()
+        .map(|r| Item::from_record(r).context("an item without a question"))
+        .collect::<Result<_>>()?;
+    for it in &items {
+        let p = args.image_root.join(&it.image);
+        if !p.is_file() {
+            bail!(
+                "{}: item {}: image {} not found",
+                args.data.display(),
+                it.id,
+                p.display()
+            );
+        }
+    }
+    let prompts = match &args.prompts {
+        Some(d) => JudgePrompts::from_dir(d)
+            .with_context(|| format!("reading judge prompts from {}", d.display()))?,
+        None => JudgePrompts::builtin(),
+    };
+    let judge_agent = parse_agent(
+        &args.judge,
+        args.api_key_env.as_deref(),
+        args.timeout,
+        false,
+        &args.local,
+    )?;
+    let tokenizer = load_tokenizer(&args.model, args.tokenizer.as_deref())?;
+    let llava = load_llava::<B>(&args.model, args.vision_tower.as_deref(), device)?;
+    check_vocab(&tokenizer, llava.config.text.vocab_size, &args.model)?;
+    let mut sampler = LlavaSampler {
+        model: &llava.model,
+        tokenizer: &tokenizer,
+        template: Template::from_name(&args.template)?,
+        aspect: llava.config.aspect,
+        image_size: llava.config.vision.as_ref().map_or(336, |v| v.image_size) as u32,
+        image_root: &args.image_root,
+        config: GenerationConfig {
+            max_new_tokens: args.max_new_tokens,
+            sampling: Sampling::Greedy,
+            eos_token_ids: llava.config.text.eos_token_ids.clone(),
+            pad_token_id: llava.config.text.pad_token_id,
+        },
+        temperature: args.temperature,
+        top_p: args.top_p,
+        device,
+    };
+
+    let (progress_path, transcript_path) = (
+        side(&args.out, "progress.jsonl"),
+        side(&args.out, "transcripts.jsonl"),
+    );
+    let done: HashMap<String, serde_json::Value> = complete_lines(&progress_path)?
+        .into_iter()
+        .filter_map(|v| Some((v["id"].as_str()?.to_string(), v)))
+        .collect();
+    complete_lines(&transcript_path)?;
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .with_context(|| format!("opening {}", p.display()))
+    };
+    let (mut progress, mut transcripts) = (open(&progress_path)?, open(&transcript_path)?);
+    tracing::info!(items = items.len(), already = done.len(), n = args.n, judge = %judge_agent.name(), "curating text pairs");
+    let bar = ProgressBar::new(items.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} items {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(done.len() as u64);
+    let mut failed = Vec::new();
+    for item in items.iter().filter(|it| !done.contains_key(&it.id)) {
+        let candidates = match sampler.sample(std::slice::from_ref(item), args.n, args.seed) {
+            Ok(mut c) => c.remove(0),
+            Err(e) => bail!("sampling answers: {e}"),
+        };
+        let outcome = judge(
+            judge_agent.as_ref(),
+            item,
+            &candidates,
+            &prompts,
+            args.max_retries,
+        );
+        let transcript =
+            serde_json::json!({"id": item.id, "candidates": candidates, "outcome": outcome});
+        writeln!(transcripts, "{transcript}").and_then(|_| transcripts.flush())?;
+        match &outcome.verdict {
+            Some(v) => {
+                let kind = match v {
+                    Verdict::Picked { .. } => "picked",
+                    Verdict::Written { .. } => "written",
+                };
+                let line = serde_json::json!({"id": item.id, "rejected": v.text(), "source": kind});
+                writeln!(progress, "{line}").and_then(|_| progress.flush())?;
+            }
+            None => failed.push(item.id.clone()),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    let done: HashMap<String, serde_json::Value> = complete_lines(&progress_path)?
+        .into_iter()
+        .filter_map(|v| Some((v["id"].as_str()?.to_string(), v)))
+        .collect();
+    let (mut out, mut picked) = (Vec::new(), 0usize);
+    for (r, it) in records.iter().zip(&items) {
+        if let Some(v) = done.get(&it.id) {
+            out.push(to_record(r, v["rejected"].as_str().unwrap_or_default()));
+            picked += usize::from(v["source"] == "picked");
+        }
+    }
+    let tmp = side(&args.out, "tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&out)? + "\n")
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!(
+        "{} text pairs in {}: {picked} picked from the model's answers, {} written by the judge; \
+         {} item(s) without a usable verdict{}",
+        out.len(),
+        args.out.display(),
+        out.len() - picked,
+        failed.len(),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" (run again to retry): {}", failed.join(", "))
+        }
+    );
+    eprintln!(
+        "transcripts: {}\nnext: mmedpo score-relevance --data {} --agent ... --out SCORED.json",
+        transcript_path.display(),
+        args.out.display()
+    );
+    Ok(())
+}

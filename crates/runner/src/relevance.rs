@@ -31,8 +31,12 @@ pub struct RelevanceArgs {
     data: PathBuf,
     /// An agent, in turn order (repeatable): `openai=BASE_URL@MODEL` (e.g.
     /// `openai=http://127.0.0.1:8000/v1@m42-8b`) or `local=MODEL_DIR` (an HF Llama/Mistral directory).
-    #[arg(long = "agent", required = true)]
+    #[arg(long = "agent", required_unless_present = "agents_file")]
     agents: Vec<String>,
+    /// A file with one agent spec per line, in turn order (`#` comments and blank lines skipped);
+    /// its agents come after any `--agent`.
+    #[arg(long)]
+    agents_file: Option<PathBuf>,
     #[command(flatten)]
     local: LocalArgs,
     /// Environment variable holding the API key (its value is never logged).
@@ -147,8 +151,21 @@ pub(crate) fn complete_lines(path: &Path) -> Result<Vec<serde_json::Value>> {
 /// Runs `mmedpo score-relevance`.
 pub fn run(args: RelevanceArgs) -> Result<()> {
     let records = read_records(&args.data)?;
-    let agents: Vec<Box<dyn Agent>> = args
-        .agents
+    let mut specs = args.agents.clone();
+    if let Some(f) = &args.agents_file {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        specs.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from),
+        );
+        if specs.is_empty() {
+            bail!("{}: no agent specs in the file", f.display());
+        }
+    }
+    let agents: Vec<Box<dyn Agent>> = specs
         .iter()
         .map(|s| {
             parse_agent(

@@ -111,14 +111,21 @@ fn curate_score_visual_and_assemble_with_local_agents() {
         chain_llm("agent-b", "0.7"),
     );
     let scored = dir.join("scored.json");
+    // The second agent comes from an agents file.
+    let agents_file = dir.join("agents.txt");
+    std::fs::write(
+        &agents_file,
+        format!("# Med-LLM judges, in turn order\n\nlocal={}\n", b.display()),
+    )
+    .unwrap();
     let err = ok(mmedpo(&[
         "score-relevance",
         "--data",
         text.to_str().unwrap(),
         "--agent",
         &format!("local={}", a.display()),
-        "--agent",
-        &format!("local={}", b.display()),
+        "--agents-file",
+        agents_file.to_str().unwrap(),
         "--local-template",
         "mistral",
         "--out",

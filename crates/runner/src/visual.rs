@@ -229,7 +229,8 @@ fn run_on<B: Backend>(args: &VisualArgs, device: &B::Device) -> Result<()> {
         .open(&progress_path)
         .with_context(|| format!("opening {}", progress_path.display()))?;
     let started = Instant::now();
-    let (mut unreadable, mut images_done) = (Vec::<(String, PathBuf, String)>::new(), 0usize);
+    let (mut unreadable, mut images_done, mut items_done) =
+        (Vec::<(String, PathBuf, String)>::new(), 0usize, 0usize);
     for batch in groups.chunks(args.batch_size.max(1)) {
         let mut loaded: Vec<(&(String, Vec<&PreferenceRecord>), DynamicImage)> = Vec::new();
         for g in batch {
@@ -277,6 +278,7 @@ fn run_on<B: Backend>(args: &VisualArgs, device: &B::Device) -> Result<()> {
                     .and_then(|_| log.flush())
                     .with_context(|| format!("appending to {}", progress_path.display()))?;
                 bar.inc(1);
+                items_done += 1;
             }
             images_done += 1;
         }
@@ -310,13 +312,13 @@ fn run_on<B: Backend>(args: &VisualArgs, device: &B::Device) -> Result<()> {
 
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     eprintln!(
-        "{} visual pairs in {} ({} items, {} unreadable); this run: {images_done} images in {secs:.1} s \
-         ({:.2} images/s); confidence mean {:.3}, noised area mean {:.1}%",
+        "{} visual pairs in {} ({} items, {} unreadable); this run: {images_done} distinct images and \
+         {items_done} noised images in {secs:.1} s ({:.1} pairs/s); confidence mean {:.3}, noised area mean {:.1}%",
         out.len(),
         out_file.display(),
         records.len(),
         unreadable.len(),
-        images_done as f64 / secs.max(1e-9),
+        items_done as f64 / secs.max(1e-9),
         mean(&scores),
         100.0 * mean(&coverage),
     );

@@ -60,9 +60,16 @@ fn main() -> Result<()> {
             run(cargo().args(["test", "--release", "--workspace"]))
         }
         Some("goldens") => {
+            // In dependency order: the lvlm fixtures use the llm/vision ones, dpo uses lvlm's.
             for script in [
                 "crates/llm/tests/golden/make_llm_goldens.py",
                 "crates/llm/tests/golden/make_tokenizer_goldens.py",
+                "crates/llm/tests/golden/make_chat_goldens.py",
+                "crates/vision/tests/golden/make_vision_goldens.py",
+                "crates/lvlm/tests/golden/make_llava_goldens.py",
+                "crates/dpo/tests/golden/make_dpo_goldens.py",
+                "crates/eval/tests/golden/make_eval_goldens.py",
+                "crates/medklip/fixture/make_tiny_medklip.py",
             ] {
                 run(python().arg(script))?;
             }

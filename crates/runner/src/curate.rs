@@ -8,7 +8,6 @@
 //! its transcript in `OUT.transcripts.jsonl`); a restart skips curated items and retries failed
 //! ones; the output file is written at the end in input order.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -24,7 +23,8 @@ use mmedpo_lvlm::{load_llava, LlavaForConditionalGeneration};
 use mmedpo_vision::AspectRatio;
 
 use crate::common::{check_vocab, load_tokenizer};
-use crate::relevance::{complete_lines, parse_agent, side, LocalArgs};
+use crate::journal::{append, by_id, complete_lines, side};
+use crate::relevance::{parse_agent, LocalArgs};
 use crate::{with_backend, DeviceKind, Dtype};
 
 /// Arguments of `mmedpo curate-text`.
@@ -255,19 +255,9 @@ fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<()> {
         side(&args.out, "progress.jsonl"),
         side(&args.out, "transcripts.jsonl"),
     );
-    let done: HashMap<String, serde_json::Value> = complete_lines(&progress_path)?
-        .into_iter()
-        .filter_map(|v| Some((v["id"].as_str()?.to_string(), v)))
-        .collect();
+    let done = by_id(&progress_path)?;
     complete_lines(&transcript_path)?;
-    let open = |p: &Path| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .with_context(|| format!("opening {}", p.display()))
-    };
-    let (mut progress, mut transcripts) = (open(&progress_path)?, open(&transcript_path)?);
+    let (mut progress, mut transcripts) = (append(&progress_path)?, append(&transcript_path)?);
     tracing::info!(items = items.len(), already = done.len(), n = args.n, judge = %judge_agent.name(), "curating text pairs");
     let bar = ProgressBar::new(items.len() as u64);
     bar.set_style(
@@ -306,10 +296,7 @@ fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<()> {
     }
     bar.finish_and_clear();
 
-    let done: HashMap<String, serde_json::Value> = complete_lines(&progress_path)?
-        .into_iter()
-        .filter_map(|v| Some((v["id"].as_str()?.to_string(), v)))
-        .collect();
+    let done = by_id(&progress_path)?;
     let (mut out, mut picked) = (Vec::new(), 0usize);
     for (r, it) in records.iter().zip(&items) {
         if let Some(v) = done.get(&it.id) {

@@ -7,6 +7,7 @@ mod common;
 mod curate;
 mod eval;
 mod generate;
+mod journal;
 mod plot;
 mod pyrandom;
 mod relevance;

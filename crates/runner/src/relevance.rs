@@ -6,9 +6,8 @@
 //! lost, and the output file (written at the end, in input order) is the same as an uninterrupted
 //! run's. Pairs for which no agent gave a score keep their old `weighted_score` and are listed.
 
-use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -21,6 +20,7 @@ use mmedpo_scorer::local::{LocalAgent, LocalSettings};
 use mmedpo_scorer::prompts::Prompts;
 use mmedpo_scorer::{Agent, Protocol, ScoreRequest};
 
+use crate::journal::{append, by_id, complete_lines, side};
 use crate::{with_backend, DeviceKind, Dtype};
 
 /// Arguments of `mmedpo score-relevance`.
@@ -63,10 +63,6 @@ pub struct RelevanceArgs {
     /// Output preference file with `weighted_score` set.
     #[arg(long)]
     out: PathBuf,
-}
-
-pub(crate) fn side(out: &Path, suffix: &str) -> PathBuf {
-    PathBuf::from(format!("{}.{suffix}", out.display()))
 }
 
 /// Settings of `local=` agents (shared by `score-relevance` and `curate-text`).
@@ -132,22 +128,6 @@ fn request(r: &PreferenceRecord) -> ScoreRequest {
     }
 }
 
-/// Reads the complete lines of an append-only JSONL (a cut last line is dropped and rewritten away).
-pub(crate) fn complete_lines(path: &Path) -> Result<Vec<serde_json::Value>> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(vec![]);
-    };
-    let good: Vec<serde_json::Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let rewritten: String = good.iter().map(|v| format!("{v}\n")).collect();
-    if rewritten != text {
-        std::fs::write(path, rewritten)?;
-    }
-    Ok(good)
-}
-
 /// Runs `mmedpo score-relevance`.
 pub fn run(args: RelevanceArgs) -> Result<()> {
     let records = read_records(&args.data)?;
@@ -193,14 +173,11 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
         side(&args.out, "progress.jsonl"),
         side(&args.out, "transcripts.jsonl"),
     );
-    let done: HashMap<String, serde_json::Value> = complete_lines(&progress_path)?
-        .into_iter()
-        .map(|v| (v["id"].to_string(), v))
-        .collect();
+    let done = by_id(&progress_path)?;
     complete_lines(&transcript_path)?;
     let todo: Vec<&PreferenceRecord> = records
         .iter()
-        .filter(|r| !done.contains_key(&serde_json::to_string(&r.id).unwrap_or_default()))
+        .filter(|r| !done.contains_key(&r.id.to_string()))
         .collect();
     tracing::info!(
         pairs = records.len(),
@@ -208,14 +185,7 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
         agents = agents.len(),
         "scoring clinical relevance"
     );
-    let open = |p: &Path| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .with_context(|| format!("opening {}", p.display()))
-    };
-    let files = Mutex::new((open(&progress_path)?, open(&transcript_path)?));
+    let files = Mutex::new((append(&progress_path)?, append(&transcript_path)?));
     let queue = Mutex::new(todo.iter());
     let bar = ProgressBar::new(records.len() as u64);
     bar.set_style(
@@ -247,14 +217,11 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
     if let Some(e) = error.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
-    let scores: HashMap<String, serde_json::Value> = complete_lines(&progress_path)?
-        .into_iter()
-        .map(|v| (v["id"].to_string(), v))
-        .collect();
+    let scores = by_id(&progress_path)?;
     let mut out = records.clone();
     let (mut failed, mut consensus, mut hist) = (vec![], 0usize, [0usize; 11]);
     for r in &mut out {
-        let v = &scores[&serde_json::to_string(&r.id).unwrap_or_default()];
+        let v = &scores[&r.id.to_string()];
         match v["score"].as_f64() {
             Some(x) => {
                 r.weighted_score = Some(x);

@@ -12,7 +12,7 @@
 //! the end, in input order, so an interrupted-and-resumed run ends with the same files as one
 //! uninterrupted run. Unreadable images are reported by item id and path; the run goes on.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,6 +27,7 @@ use mmedpo_medklip::noise::{to_noise_input, DEFAULT_STEP};
 use mmedpo_medklip::overlay::overlay;
 use mmedpo_medklip::{add_noise, lesion_map, observation_index, Medklip, NoiseMode};
 
+use crate::journal::{append, by_id};
 use crate::{with_backend, DeviceKind, Dtype};
 
 /// Arguments of `mmedpo visual-pairs`.
@@ -118,25 +119,6 @@ fn rejected_path(root: &Path, png: &Path) -> String {
     }
 }
 
-/// Reads the complete lines of `progress.jsonl`, dropping (and rewriting away) a cut last line.
-fn progress(path: &Path) -> Result<BTreeMap<String, serde_json::Value>> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(BTreeMap::new());
-    };
-    let good: Vec<serde_json::Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let rewritten: String = good.iter().map(|v| format!("{v}\n")).collect();
-    if rewritten != text {
-        std::fs::write(path, rewritten).with_context(|| format!("rewriting {}", path.display()))?;
-    }
-    Ok(good
-        .into_iter()
-        .filter_map(|v| Some((v["id"].as_str()?.to_string(), v)))
-        .collect())
-}
-
 /// Runs `mmedpo visual-pairs`.
 pub fn run(args: VisualArgs) -> Result<()> {
     with_backend!(args.device, Dtype::F32, |B, device| run_on::<B>(
@@ -177,7 +159,7 @@ fn run_on<B: Backend>(args: &VisualArgs, device: &B::Device) -> Result<()> {
         }
     }
     let progress_path = args.out.join("progress.jsonl");
-    let done = progress(&progress_path)?;
+    let done = by_id(&progress_path)?;
     // Settings that change pixels or scores must match the run being resumed.
     let settings = serde_json::json!({
         "noise": mode.name(), "noise_step": args.noise_step, "seed": args.seed, "query": args.query,
@@ -223,11 +205,7 @@ fn run_on<B: Backend>(args: &VisualArgs, device: &B::Device) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_position(done.len() as u64);
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&progress_path)
-        .with_context(|| format!("opening {}", progress_path.display()))?;
+    let mut log = append(&progress_path)?;
     let started = Instant::now();
     let (mut unreadable, mut images_done, mut items_done) =
         (Vec::<(String, PathBuf, String)>::new(), 0usize, 0usize);
@@ -286,7 +264,7 @@ fn run_on<B: Backend>(args: &VisualArgs, device: &B::Device) -> Result<()> {
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
 
-    let done = progress(&progress_path)?;
+    let done = by_id(&progress_path)?;
     let mut out = Vec::new();
     let (mut scores, mut coverage) = (Vec::new(), Vec::new());
     for r in &records {

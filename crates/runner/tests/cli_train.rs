@@ -1,38 +1,18 @@
 //! `mmedpo init-model`, `mmedpo train` and `mmedpo score --adapter` end to end, as a user runs them.
 
-use std::path::PathBuf;
 use std::process::Output;
 
 mod common;
-use common::{mmedpo, root, stderr, tmp};
+use common::{mmedpo, root, stderr, tiny_llava, tmp};
 
 fn ok(o: Output) -> Output {
     assert!(o.status.success(), "{}", stderr(&o));
     o
 }
 
-fn tiny_model(name: &str) -> PathBuf {
-    let dir = tmp(name);
-    ok(mmedpo(&[
-        "init-model",
-        "--config",
-        "models/tiny-llava/config.json",
-        "--seed",
-        "0",
-        "--out",
-        dir.to_str().unwrap(),
-    ]));
-    std::fs::copy(
-        root().join("models/mistral-tokenizer/tokenizer.json"),
-        dir.join("tokenizer.json"),
-    )
-    .unwrap();
-    dir
-}
-
 #[test]
 fn train_without_a_config_file_leaves_adapter_log_plot_and_config_then_resumes() {
-    let model = tiny_model("model");
+    let model = tiny_llava("model");
     let out = tmp("out");
     let base = [
         "train",
@@ -153,7 +133,7 @@ fn config_files_are_strict() {
 
 #[test]
 fn bad_training_data_is_reported_item_by_item() {
-    let model = tiny_model("badmodel");
+    let model = tiny_llava("badmodel");
     let dir = tmp("baddata");
     std::fs::create_dir_all(&dir).unwrap();
     let mut items: Vec<serde_json::Value> = serde_json::from_str(

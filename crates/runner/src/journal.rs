@@ -1,0 +1,81 @@
+//! The append-only JSONL journals that make the data commands resumable (`score-relevance`,
+//! `curate-text`, `visual-pairs`): one line per finished item, keyed by its id. A line cut by a
+//! kill is dropped (and rewritten away) on the next start, so that item is simply redone.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+/// `OUT.suffix`: a file kept beside an output file.
+pub fn side(out: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}.{suffix}", out.display()))
+}
+
+/// The complete lines of a journal (none if it does not exist yet).
+pub fn complete_lines(path: &Path) -> Result<Vec<Value>> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(vec![]);
+    };
+    let good: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let rewritten: String = good.iter().map(|v| format!("{v}\n")).collect();
+    if rewritten != text {
+        std::fs::write(path, rewritten).with_context(|| format!("rewriting {}", path.display()))?;
+    }
+    Ok(good)
+}
+
+/// An item id as a map key: a string id as it is, a number as its digits.
+pub fn id_key(id: &Value) -> String {
+    match id {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The journal's lines by item id (a later line for the same id wins).
+pub fn by_id(path: &Path) -> Result<HashMap<String, Value>> {
+    Ok(complete_lines(path)?
+        .into_iter()
+        .map(|v| (id_key(&v["id"]), v))
+        .collect())
+}
+
+/// Opens a journal for appending.
+pub fn append(path: &Path) -> Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_last_line_is_dropped_and_ids_key_alike() {
+        let p = std::env::temp_dir().join(format!("mmedpo-journal-{}.jsonl", std::process::id()));
+        std::fs::write(
+            &p,
+            "{\"id\": 1, \"x\": 1}\n{\"id\": \"a\"}\n{\"id\": 3, \"x\"",
+        )
+        .unwrap();
+        let m = by_id(&p).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m["1"]["x"], 1);
+        assert!(m.contains_key("a"));
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap().lines().count(),
+            2,
+            "rewritten"
+        );
+        std::fs::remove_file(&p).unwrap();
+    }
+}

@@ -15,5 +15,7 @@ pub mod local;
 pub mod parse;
 pub mod prompts;
 pub mod protocol;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use protocol::{Agent, Message, Protocol, ScoreOutcome, ScoreRequest};

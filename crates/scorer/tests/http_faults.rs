@@ -3,12 +3,11 @@
 //! out-of-range scores. The server answers a bounded number of requests and stops by itself.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mmedpo_scorer::http::HttpAgent;
+use mmedpo_scorer::testing::{self, StubReply};
 use mmedpo_scorer::{Agent, Message, Protocol, ScoreRequest};
 
 #[derive(Clone, Debug)]
@@ -28,85 +27,33 @@ struct Server {
 
 /// Serves at most `max_requests` requests for at most 60 s; unscripted requests get "0.5".
 fn serve(max_requests: usize, slow: Duration) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
     let faults: Arc<Mutex<VecDeque<Fault>>> = Arc::default();
-    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let (f, s) = (faults.clone(), seen.clone());
-    std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let served = Arc::new(Mutex::new(0usize));
-        for stream in listener.incoming() {
-            if Instant::now() > deadline || *served.lock().unwrap() >= max_requests {
-                break;
-            }
-            let Ok(stream) = stream else { continue };
-            let (f, s, served) = (f.clone(), s.clone(), served.clone());
-            std::thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut stream = stream;
-                loop {
-                    let mut headers = String::new();
-                    let mut len = 0usize;
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                            len = v.trim().parse().unwrap_or(0);
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                        headers.push_str(&line);
-                    }
-                    let mut body = vec![0; len];
-                    if reader.read_exact(&mut body).is_err() {
-                        return;
-                    }
-                    s.lock()
-                        .unwrap()
-                        .push(format!("{headers}\n{}", String::from_utf8_lossy(&body)));
-                    *served.lock().unwrap() += 1;
-                    let fault = f
-                        .lock()
-                        .unwrap()
-                        .pop_front()
-                        .unwrap_or(Fault::Content("0.5"));
-                    let (status, extra, payload) = match fault {
-                        Fault::Slow => {
-                            std::thread::sleep(slow);
-                            (
-                                200,
-                                "",
-                                r#"{"choices":[{"message":{"content":"0.1"}}]}"#.to_string(),
-                            )
-                        }
-                        Fault::Status(c) => (c, "", r#"{"error":"injected"}"#.to_string()),
-                        Fault::TooMany => (
-                            429,
-                            "Retry-After: 0\r\n",
-                            r#"{"error":"slow down"}"#.to_string(),
-                        ),
-                        Fault::Garbage => (200, "", "<html>oops</html>".to_string()),
-                        Fault::Content(c) => (
-                            200,
-                            "",
-                            serde_json::json!({"choices": [{"message": {"content": c}}]})
-                                .to_string(),
-                        ),
-                    };
-                    let resp = format!("HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{payload}", payload.len());
-                    if stream.write_all(resp.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
+    let f = faults.clone();
+    let stub = testing::serve(max_requests, move |_| {
+        match f
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Fault::Content("0.5"))
+        {
+            Fault::Slow => StubReply {
+                delay: slow,
+                ..StubReply::content("0.1")
+            },
+            Fault::Status(c) => StubReply::raw(c, r#"{"error":"injected"}"#),
+            Fault::TooMany => StubReply {
+                headers: "Retry-After: 0\r\n".into(),
+                ..StubReply::raw(429, r#"{"error":"slow down"}"#)
+            },
+            Fault::Garbage => StubReply::raw(200, "<html>oops</html>"),
+            Fault::Content(c) => StubReply::content(c),
         }
     });
-    Server { url, faults, seen }
+    Server {
+        url: stub.url,
+        faults,
+        seen: stub.requests,
+    }
 }
 
 fn agent(url: &str, model: &str) -> HttpAgent {

@@ -3,11 +3,8 @@
 //! LLMs: tiny Mistral-shaped models whose weights make greedy decoding write a fixed text.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -37,49 +34,12 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A server that always answers `reply` (bounded: 500 connections or 60 s, then it stops).
+/// An OpenAI-schema server on loopback that always answers `reply` (500 requests or 60 s).
 pub fn serve(reply: &'static str) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        for (n, stream) in listener.incoming().enumerate() {
-            if n >= 500 || Instant::now() > deadline {
-                break;
-            }
-            let Ok(mut stream) = stream else { continue };
-            // One thread per connection: the client keeps several in flight.
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                loop {
-                    let mut len = 0usize;
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                            len = v.trim().parse().unwrap_or(0);
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    let mut body = vec![0; len];
-                    if len == 0 || reader.read_exact(&mut body).is_err() {
-                        return;
-                    }
-                    let payload = serde_json::json!({"choices": [{"message": {"content": reply}}]})
-                        .to_string();
-                    let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}", payload.len());
-                    if stream.write_all(resp.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    url
+    mmedpo_scorer::testing::serve(500, move |_| {
+        mmedpo_scorer::testing::StubReply::content(reply)
+    })
+    .url
 }
 
 /// A tiny Mistral-shaped model (Mistral tokenizer, one layer) whose greedy reply to any prompt

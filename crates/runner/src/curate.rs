@@ -72,6 +72,9 @@ pub struct CurateArgs {
     /// Seconds per HTTP request.
     #[arg(long, default_value_t = 120.0)]
     timeout: f64,
+    /// Items whose judge requests are in flight at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
     /// Corrective retries after an unusable verdict.
     #[arg(long, default_value_t = 2)]
     max_retries: usize,
@@ -266,33 +269,51 @@ fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<()> {
     );
     bar.set_position(done.len() as u64);
     let mut failed = Vec::new();
-    for item in items.iter().filter(|it| !done.contains_key(&it.id)) {
-        let candidates = match sampler.sample(std::slice::from_ref(item), args.n, args.seed) {
-            Ok(mut c) => c.remove(0),
-            Err(e) => bail!("sampling answers: {e}"),
-        };
-        let outcome = judge(
-            judge_agent.as_ref(),
-            item,
-            &candidates,
-            &prompts,
-            args.max_retries,
-        );
-        let transcript =
-            serde_json::json!({"id": item.id, "candidates": candidates, "outcome": outcome});
-        writeln!(transcripts, "{transcript}").and_then(|_| transcripts.flush())?;
-        match &outcome.verdict {
-            Some(v) => {
-                let kind = match v {
-                    Verdict::Picked { .. } => "picked",
-                    Verdict::Written { .. } => "written",
-                };
-                let line = serde_json::json!({"id": item.id, "rejected": v.text(), "source": kind});
-                writeln!(progress, "{line}").and_then(|_| progress.flush())?;
+    // Items go in chunks: the target model samples each chunk's answers (one item per batch of
+    // `n` rows), then the judge sees the chunk's items concurrently, so a judge server is kept busy
+    // while the next chunk's answers are sampled on the next iteration.
+    let todo: Vec<&Item> = items
+        .iter()
+        .filter(|it| !done.contains_key(&it.id))
+        .collect();
+    for chunk in todo.chunks(args.concurrency.max(1)) {
+        let owned: Vec<Item> = chunk.iter().map(|&it| it.clone()).collect();
+        let candidates = sampler
+            .sample(&owned, args.n, args.seed)
+            .map_err(|e| anyhow::anyhow!("sampling answers: {e}"))?;
+        let outcomes: Vec<mmedpo_curation::Outcome> = std::thread::scope(|s| {
+            let handles: Vec<_> = owned
+                .iter()
+                .zip(&candidates)
+                .map(|(item, cands)| {
+                    let (agent, prompts) = (judge_agent.as_ref(), &prompts);
+                    s.spawn(move || judge(agent, item, cands, prompts, args.max_retries))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a judge thread panicked"))
+                .collect()
+        });
+        // Transcript first: an item counts as curated only once its transcript is saved.
+        for ((item, cands), outcome) in owned.iter().zip(&candidates).zip(&outcomes) {
+            let transcript =
+                serde_json::json!({"id": item.id, "candidates": cands, "outcome": outcome});
+            writeln!(transcripts, "{transcript}").and_then(|_| transcripts.flush())?;
+            match &outcome.verdict {
+                Some(v) => {
+                    let kind = match v {
+                        Verdict::Picked { .. } => "picked",
+                        Verdict::Written { .. } => "written",
+                    };
+                    let line =
+                        serde_json::json!({"id": item.id, "rejected": v.text(), "source": kind});
+                    writeln!(progress, "{line}").and_then(|_| progress.flush())?;
+                }
+                None => failed.push(item.id.clone()),
             }
-            None => failed.push(item.id.clone()),
+            bar.inc(1);
         }
-        bar.inc(1);
     }
     bar.finish_and_clear();
 

@@ -163,6 +163,29 @@ fn curate_score_visual_and_assemble_with_local_agents() {
     let all = read_records(&train).unwrap();
     assert_eq!(all.len(), 6);
     assert_eq!(all.iter().filter(|r| r.rejected_image.is_some()).count(), 3);
+
+    // The assembled file trains: text pairs on the clean scan, visual pairs on the noised PNGs.
+    let run = dir.join("run");
+    let err = ok(mmedpo(&[
+        "train",
+        "--model",
+        llava.to_str().unwrap(),
+        "--data",
+        train.to_str().unwrap(),
+        "--image-root",
+        root().join("data/images").to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--lora-r",
+        "4",
+        "--lora-alpha",
+        "8",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "3",
+    ]));
+    assert!(err.contains("trained 3 step(s) on 6 pair(s)"), "{err}");
 }
 
 #[test]

@@ -249,7 +249,14 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
         );
     }
     let png = side(&args.out, "histogram.png");
-    match crate::plot::plot_score_histogram(&hist, "clinical-relevance scores", &png) {
+    match crate::plot::plot_score_histogram(
+        &hist,
+        &format!(
+            "clinical-relevance scores: {} pairs, {consensus} by consensus",
+            out.len() - failed.len()
+        ),
+        &png,
+    ) {
         Ok(()) => eprintln!("histogram: {}", png.display()),
         Err(e) => tracing::warn!("no histogram PNG: {e}"),
     }

@@ -15,14 +15,13 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use mmedpo_core::record::PreferenceRecord;
 use mmedpo_curation::{judge, to_record, CandidateSampler, Item, JudgePrompts, Verdict};
 use mmedpo_llm::{GenerationConfig, Sampling, Template, Tokenizer};
 use mmedpo_lvlm::generate::generate_answers;
 use mmedpo_lvlm::{load_llava, LlavaForConditionalGeneration};
 use mmedpo_vision::AspectRatio;
 
-use crate::common::{check_vocab, load_tokenizer};
+use crate::common::{check_vocab, load_tokenizer, read_items};
 use crate::journal::{append, by_id, complete_lines, side};
 use crate::relevance::{parse_agent, LocalArgs};
 use crate::{with_backend, DeviceKind, Dtype};
@@ -92,49 +91,6 @@ pub struct CurateArgs {
     /// Float type of the target model (bf16 needs --device cuda).
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
-}
-
-/// Reads curation items: preference records, with `rejected_conversations` optional.
-fn read_items(path: &Path) -> Result<Vec<PreferenceRecord>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
-    let Some(items) = value.as_array() else {
-        bail!(
-            "{}: the file must hold a JSON list of items",
-            path.display()
-        );
-    };
-    let mut out = Vec::with_capacity(items.len());
-    let mut problems = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let mut item = item.clone();
-        if let Some(obj) = item.as_object_mut() {
-            if !obj.contains_key("rejected_conversations") {
-                let conv = obj.get("conversations").cloned().unwrap_or_default();
-                obj.insert("rejected_conversations".into(), conv);
-            }
-        }
-        let label = format!(
-            "item {} (index {i})",
-            item.get("id").unwrap_or(&serde_json::Value::Null)
-        );
-        match serde_json::from_value::<PreferenceRecord>(item) {
-            Ok(r) if r.problems().is_empty() => out.push(r),
-            Ok(r) => problems.push(format!("{label}: {}", r.problems().join("; "))),
-            Err(e) => problems.push(format!("{label}: {e}")),
-        }
-    }
-    if !problems.is_empty() {
-        bail!(
-            "{}: {} bad item(s):\n  {}",
-            path.display(),
-            problems.len(),
-            problems.join("\n  ")
-        );
-    }
-    Ok(out)
 }
 
 fn item_seed(seed: u64, id: &str) -> u64 {

@@ -22,11 +22,12 @@ use burn::tensor::backend::Backend;
 use clap::Args;
 use image::DynamicImage;
 use indicatif::{ProgressBar, ProgressStyle};
-use mmedpo_core::record::{read_records, PreferenceRecord};
+use mmedpo_core::record::PreferenceRecord;
 use mmedpo_medklip::noise::{to_noise_input, DEFAULT_STEP};
 use mmedpo_medklip::overlay::overlay;
 use mmedpo_medklip::{add_noise, lesion_map, observation_index, Medklip, NoiseMode};
 
+use crate::common::read_items;
 use crate::journal::{append, by_id};
 use crate::{with_backend, DeviceKind, Dtype};
 
@@ -129,7 +130,7 @@ pub fn run(args: VisualArgs) -> Result<()> {
 fn run_on<B: Backend>(args: &VisualArgs, device: &B::Device) -> Result<()> {
     let mode = NoiseMode::parse(&args.noise, args.noise_step)?;
     let query = observation_index(&args.query)?;
-    let records = read_records(&args.data)?;
+    let records = read_items(&args.data)?;
     let mut seen = HashMap::new();
     for r in &records {
         if let Some(prev) = seen.insert(r.id.to_string(), &r.image) {

@@ -30,6 +30,13 @@ fn pairs(dir: &Path) -> std::path::PathBuf {
             })
         })
         .collect();
+    // Plain QA items (no rejected side) are accepted too.
+    let mut items = items;
+    for item in items.iter_mut().skip(1).step_by(2) {
+        item.as_object_mut()
+            .unwrap()
+            .remove("rejected_conversations");
+    }
     let p = dir.join("pairs.json");
     std::fs::write(&p, serde_json::to_string(&items).unwrap()).unwrap();
     p

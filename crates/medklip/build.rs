@@ -1,8 +1,8 @@
 //! Build-time import of MedKLIP with burn-onnx.
 //!
 //! By default the tiny test model `fixture/tiny-medklip.onnx` is compiled in (random weights, the
-//! real graph's I/O contract). `MEDKLIP_ONNX=/path/to/medklip.onnx` builds against a user's own
-//! export instead (docs/medklip-export.md). The file is checked against the contract
+//! real graph's I/O contract). `MEDKLIP_ONNX=/path/to/medklip.onnx` (a relative path is taken from the
+//! workspace root) builds against a user's own export instead (docs/medklip-export.md). The file is checked against the contract
 //! (`src/contract.rs`) first; a graph that breaks it stops the build with a message naming the
 //! input or output. The code is generated as `$OUT_DIR/model/medklip.rs`, the weights as
 //! `$OUT_DIR/model/medklip.bpk`, loaded at run time.
@@ -64,7 +64,20 @@ fn main() {
     println!("cargo::rerun-if-changed=src/contract.rs");
     println!("cargo::rustc-check-cfg=cfg(medklip_tiny)");
     let (source, tiny) = match std::env::var_os("MEDKLIP_ONNX") {
-        Some(p) if !p.is_empty() => (PathBuf::from(p), false),
+        // Relative paths are taken from the workspace root (build scripts run in the crate's folder).
+        Some(p) if !p.is_empty() => {
+            let p = PathBuf::from(p);
+            let manifest =
+                PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+            (
+                if p.is_absolute() {
+                    p
+                } else {
+                    manifest.join("../..").join(p)
+                },
+                false,
+            )
+        }
         _ => (PathBuf::from(FIXTURE), true),
     };
     println!("cargo::rerun-if-changed={}", source.display());

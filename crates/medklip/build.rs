@@ -1,11 +1,11 @@
 //! Build-time import of MedKLIP with burn-onnx.
 //!
 //! By default the tiny test model `fixture/tiny-medklip.onnx` is compiled in (random weights, the
-//! real graph's I/O contract). `MEDKLIP_ONNX=/path/to/medklip.onnx` (a relative path is taken from the
-//! workspace root) builds against a user's own export instead (docs/medklip-export.md). The file is checked against the contract
-//! (`src/contract.rs`) first; a graph that breaks it stops the build with a message naming the
-//! input or output. The code is generated as `$OUT_DIR/model/medklip.rs`, the weights as
-//! `$OUT_DIR/model/medklip.bpk`, loaded at run time.
+//! real graph's I/O contract). `MEDKLIP_ONNX=/path/to/medklip.onnx` (a relative path is taken from
+//! the workspace root) builds against a user's own export instead (docs/medklip-export.md). The
+//! file is checked against the contract (`src/contract.rs`) first; a graph that breaks it stops the
+//! build with a message naming the input or output. The code is generated as
+//! `$OUT_DIR/model/medklip.rs`, the weights as `$OUT_DIR/model/medklip.bpk`, loaded at run time.
 
 use std::path::{Path, PathBuf};
 

@@ -48,7 +48,7 @@ enum Command {
     VisualPairs(visual::VisualArgs),
     /// Merge text and visual pair files into one training file (weight mode applied, shuffled).
     Assemble(assemble::AssembleArgs),
-    /// Measure throughput (prefill/decode tokens/s, matmul GFLOP/s) on a backend.
+    /// Measure throughput (LLM prefill/decode tokens/s, matmul GFLOP/s, visual-pair images/s).
     Bench(bench::BenchArgs),
 }
 

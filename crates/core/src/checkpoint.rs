@@ -237,6 +237,37 @@ impl Checkpoint {
         shape: [usize; D],
         device: &B::Device,
     ) -> Result<Tensor<B, D>> {
+        let data = self.take_data::<B>(key, &shape)?;
+        Ok(Tensor::from_data(data, device))
+    }
+
+    /// Takes a 2-D tensor `[rows, cols]` and returns it transposed, `[cols, rows]`, laid out
+    /// contiguously: the transpose is done on the host, so matmuls with the result never meet a
+    /// strided operand (a lazily transposed weight made decoding ~10× slower on Flex).
+    pub fn take_transposed<B: Backend>(
+        &mut self,
+        key: &str,
+        shape: [usize; 2],
+        device: &B::Device,
+    ) -> Result<Tensor<B, 2>> {
+        let data = self.take_data::<B>(key, &shape)?;
+        let [rows, cols] = shape;
+        let values: Vec<B::FloatElem> = data.into_vec().map_err(|e| Error::Tensor {
+            path: self.dir.clone(),
+            key: key.into(),
+            message: format!("{e:?}"),
+        })?;
+        let mut out = Vec::with_capacity(values.len());
+        for c in 0..cols {
+            out.extend((0..rows).map(|r| values[r * cols + c]));
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(out, [cols, rows]),
+            device,
+        ))
+    }
+
+    fn take_data<B: Backend>(&mut self, key: &str, shape: &[usize]) -> Result<TensorData> {
         let entry = self.entries.get(key).ok_or_else(|| Error::Keys {
             dir: self.dir.clone(),
             missing: vec![key.to_string()],
@@ -276,7 +307,7 @@ impl Checkpoint {
         })?;
         // Convert on the host to the backend's float type: Flex would otherwise keep (and compute
         // in) bf16/f16 storage.
-        let data = TensorData::from_bytes_vec(view.data().to_vec(), shape, dtype)
+        let data = TensorData::from_bytes_vec(view.data().to_vec(), shape.to_vec(), dtype)
             .convert::<B::FloatElem>();
         *self
             .report
@@ -285,7 +316,7 @@ impl Checkpoint {
             .or_default() += 1;
         self.report.applied.push(key.to_string());
         self.taken.insert(key.to_string());
-        Ok(Tensor::from_data(data, device))
+        Ok(data)
     }
 
     /// Marks keys as deliberately skipped.
@@ -369,13 +400,20 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]
     })
 }
 
-/// Builds a Burn `Linear` from a PyTorch-layout weight `[d_out, d_in]` (and bias).
+/// A copy of `t` laid out contiguously (a transposed view becomes a real transpose).
+pub fn contiguous<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    let device = t.device();
+    Tensor::from_data(t.into_data(), &device)
+}
+
+/// Builds a Burn `Linear` from a PyTorch-layout weight `[d_out, d_in]` (and bias); the weight is
+/// stored transposed and contiguous.
 pub fn linear_from_torch<B: Backend>(
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
 ) -> Linear<B> {
     Linear {
-        weight: Param::from_tensor(weight.transpose()),
+        weight: Param::from_tensor(contiguous(weight.transpose())),
         bias: bias.map(Param::from_tensor),
     }
 }
@@ -390,13 +428,16 @@ impl Checkpoint {
         bias: bool,
         device: &B::Device,
     ) -> Result<Linear<B>> {
-        let w = self.take::<B, 2>(&format!("{prefix}.weight"), [d_out, d_in], device)?;
+        let w = self.take_transposed::<B>(&format!("{prefix}.weight"), [d_out, d_in], device)?;
         let b = if bias {
             Some(self.take::<B, 1>(&format!("{prefix}.bias"), [d_out], device)?)
         } else {
             None
         };
-        Ok(linear_from_torch(w, b))
+        Ok(Linear {
+            weight: Param::from_tensor(w),
+            bias: b.map(Param::from_tensor),
+        })
     }
 
     /// Takes `{prefix}.weight` as an `RmsNorm` (`gamma`).

@@ -95,10 +95,14 @@ pub fn take_llm<B: Backend>(
     let lm_head = if config.tie_word_embeddings {
         None
     } else {
-        Some(mmedpo_core::checkpoint::linear_from_torch(
-            ckpt.take::<B, 2>(lm_head_key, [v, d], device)?,
-            None,
-        ))
+        Some(burn::nn::Linear {
+            weight: burn::module::Param::from_tensor(ckpt.take_transposed::<B>(
+                lm_head_key,
+                [v, d],
+                device,
+            )?),
+            bias: None,
+        })
     };
     Ok(LlamaForCausalLM {
         model: LlamaModel {

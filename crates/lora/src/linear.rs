@@ -11,6 +11,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use mmedpo_core::checkpoint::contiguous;
 
 use crate::config::LoraConfig;
 
@@ -93,11 +94,11 @@ impl<B: Backend> LoraLinear<B> {
     pub fn attach_weights(&mut self, a: Tensor<B, 2>, b: Tensor<B, 2>, config: &LoraConfig) {
         self.lora = Some(LoraAdapter {
             lora_A: Linear {
-                weight: Param::from_tensor(a.transpose()),
+                weight: Param::from_tensor(contiguous(a.transpose())),
                 bias: None,
             },
             lora_B: Linear {
-                weight: Param::from_tensor(b.transpose()),
+                weight: Param::from_tensor(contiguous(b.transpose())),
                 bias: None,
             },
             dropout: DropoutConfig::new(config.lora_dropout).init(),

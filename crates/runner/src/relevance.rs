@@ -99,7 +99,7 @@ pub fn parse_agent(
             ..LocalSettings::default()
         };
         return with_backend!(local.local_device, Dtype::F32, |B, device| {
-            let agent = LocalAgent::<B>::load(&dir, settings, &device)
+            let agent = LocalAgent::load::<B>(&dir, settings, &device)
                 .with_context(|| format!("--agent {spec}"))?;
             Ok(Box::new(agent) as Box<dyn Agent>)
         });

@@ -2,12 +2,15 @@
 //! directory (e.g. Llama3-Med42-8B, BioMistral-7B), prompted with its chat template
 //! (`tokenizer_config.json`'s `chat_template`, else a named built-in one).
 //!
-//! Replies are greedy by default, so a run is reproducible; with a temperature, each request is
-//! seeded from the agent's seed and a counter. Requests are served one at a time (the model is
-//! behind a lock); several pairs in flight simply queue.
+//! The model runs on a worker thread that serves requests in batches: greedy requests that arrive
+//! while a batch is generating are decoded together in the next one (left-padded; a row's tokens
+//! do not depend on its batch), so several pairs in flight (`score-relevance --concurrency`) share
+//! the model's forward passes. Replies are greedy by default, so a run is reproducible; with a
+//! temperature, requests are served one at a time, each seeded from the agent's seed and a counter.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 
 use burn::tensor::backend::Backend;
 use mmedpo_llm::generate::generate;
@@ -38,6 +41,8 @@ pub enum LocalError {
 /// How a local agent generates.
 #[derive(Debug, Clone)]
 pub struct LocalSettings {
+    /// Most requests decoded together (greedy only).
+    pub max_batch: usize,
     /// A built-in chat template to use instead of the directory's (`llama3`, `mistral`, …).
     pub template: Option<String>,
     /// Most tokens per reply.
@@ -51,6 +56,7 @@ pub struct LocalSettings {
 impl Default for LocalSettings {
     fn default() -> Self {
         Self {
+            max_batch: 8,
             template: None,
             max_new_tokens: 128,
             temperature: None,
@@ -59,23 +65,22 @@ impl Default for LocalSettings {
     }
 }
 
-struct State<B: Backend> {
-    model: LlamaForCausalLM<B>,
-    requests: u64,
+struct Request {
+    ids: Vec<u32>,
+    reply: mpsc::Sender<Result<Vec<u32>, String>>,
 }
 
 /// A chat agent on an in-process LLM.
-pub struct LocalAgent<B: Backend> {
+pub struct LocalAgent {
     name: String,
-    state: Mutex<State<B>>,
+    queue: mpsc::Sender<Request>,
     tokenizer: Tokenizer,
     template: ChatTemplate,
-    config: GenerationConfig,
     settings: LocalSettings,
-    device: B::Device,
+    largest_batch: Arc<AtomicUsize>,
 }
 
-impl<B: Backend> std::fmt::Debug for LocalAgent<B> {
+impl std::fmt::Debug for LocalAgent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalAgent")
             .field("name", &self.name)
@@ -84,12 +89,63 @@ impl<B: Backend> std::fmt::Debug for LocalAgent<B> {
     }
 }
 
+/// The worker: takes the first waiting request, then every other one already queued (up to
+/// `max_batch`), generates them as one batch and answers each. Ends when the agent is dropped.
+fn serve<B: Backend>(
+    model: LlamaForCausalLM<B>,
+    config: GenerationConfig,
+    settings: LocalSettings,
+    device: B::Device,
+    queue: mpsc::Receiver<Request>,
+    largest_batch: Arc<AtomicUsize>,
+) {
+    let max_batch = if settings.temperature.is_some() {
+        1
+    } else {
+        settings.max_batch.max(1)
+    };
+    let mut served = 0u64;
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match queue.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        largest_batch.fetch_max(batch.len(), Ordering::Relaxed);
+        let mut config = config.clone();
+        if let Some(temperature) = settings.temperature {
+            served += 1;
+            config.sampling = Sampling::Sample {
+                temperature,
+                top_p: 1.0,
+                seed: settings.seed.wrapping_add(served),
+            };
+        }
+        let prompts: Vec<Vec<u32>> = batch.iter().map(|r| r.ids.clone()).collect();
+        match generate(&model, &prompts, &config, &device) {
+            Ok(out) => {
+                for (r, tokens) in batch.into_iter().zip(out.tokens) {
+                    let _ = r.reply.send(Ok(tokens));
+                }
+            }
+            Err(e) => {
+                for r in batch {
+                    let _ = r.reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
 /// Extra end-of-turn tokens chat templates use besides the config's EOS.
 const END_OF_TURN: [&str; 4] = ["<|eot_id|>", "<|im_end|>", "<|end|>", "</s>"];
 
-impl<B: Backend> LocalAgent<B> {
-    /// Loads `dir` (config.json, safetensors, tokenizer.json, tokenizer_config.json) strictly.
-    pub fn load(
+impl LocalAgent {
+    /// Loads `dir` (config.json, safetensors, tokenizer.json, tokenizer_config.json) strictly onto
+    /// backend `B` and starts its worker thread.
+    pub fn load<B: Backend>(
         dir: &Path,
         settings: LocalSettings,
         device: &B::Device,
@@ -122,18 +178,42 @@ impl<B: Backend> LocalAgent<B> {
                 |n| n.to_string_lossy().into_owned()
             )
         );
+        let (queue, requests) = mpsc::channel();
+        let largest_batch = Arc::new(AtomicUsize::new(0));
+        let (model, worker_settings, worker_device, largest) = (
+            llm.model,
+            settings.clone(),
+            device.clone(),
+            largest_batch.clone(),
+        );
+        std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                serve(
+                    model,
+                    config,
+                    worker_settings,
+                    worker_device,
+                    requests,
+                    largest,
+                )
+            })
+            .map_err(|e| {
+                mmedpo_llm::Error::Generation(format!("starting the agent's thread: {e}"))
+            })?;
         Ok(Self {
             name,
-            state: Mutex::new(State {
-                model: llm.model,
-                requests: 0,
-            }),
+            queue,
             tokenizer,
             template,
-            config,
             settings,
-            device: device.clone(),
+            largest_batch,
         })
+    }
+
+    /// The most requests decoded together so far.
+    pub fn largest_batch(&self) -> usize {
+        self.largest_batch.load(Ordering::Relaxed)
     }
 
     /// The prompt text for `messages` (with the assistant turn opened).
@@ -171,7 +251,7 @@ impl<B: Backend> LocalAgent<B> {
     }
 }
 
-impl<B: Backend> Agent for LocalAgent<B> {
+impl Agent for LocalAgent {
     fn name(&self) -> String {
         self.name.clone()
     }
@@ -183,21 +263,15 @@ impl<B: Backend> Agent for LocalAgent<B> {
             .tokenizer
             .encode(&text, false)
             .map_err(|e| e.to_string())?;
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.requests += 1;
-        let mut config = self.config.clone();
-        if let Some(temperature) = self.settings.temperature {
-            config.sampling = Sampling::Sample {
-                temperature,
-                top_p: 1.0,
-                seed: self.settings.seed.wrapping_add(state.requests),
-            };
-        }
-        let out =
-            generate(&state.model, &[ids], &config, &self.device).map_err(|e| e.to_string())?;
-        drop(state);
+        let (reply, answer) = mpsc::channel();
+        self.queue
+            .send(Request { ids, reply })
+            .map_err(|_| "the local model's thread has stopped".to_string())?;
+        let tokens = answer
+            .recv()
+            .map_err(|_| "the local model's thread has stopped".to_string())??;
         self.tokenizer
-            .decode(&out.tokens[0], true)
+            .decode(&tokens, true)
             .map_err(|e| e.to_string())
     }
 }

@@ -48,8 +48,8 @@ fn settings() -> LocalSettings {
 fn local_agents_run_the_protocol_on_real_generation() {
     let (a, b) = (tiny_model("a", 1), tiny_model("b", 2));
     let device = Default::default();
-    let agent_a = LocalAgent::<Cpu>::load(&a, settings(), &device).unwrap();
-    let agent_b = LocalAgent::<Cpu>::load(
+    let agent_a = LocalAgent::load::<Cpu>(&a, settings(), &device).unwrap();
+    let agent_b = LocalAgent::load::<Cpu>(
         &b,
         LocalSettings {
             template: Some("mistral".into()),
@@ -128,17 +128,51 @@ fn local_agents_run_the_protocol_on_real_generation() {
 }
 
 #[test]
+fn concurrent_requests_are_batched_and_answered_as_alone() {
+    let dir = tiny_model("batch", 2);
+    let device = Default::default();
+    let agent = LocalAgent::load::<Cpu>(&dir, settings(), &device).unwrap();
+    let questions: Vec<String> = (0..6)
+        .map(|i| format!("Question {i}: is there {} effusion?", "a large ".repeat(i)))
+        .collect();
+    let alone: Vec<String> = questions
+        .iter()
+        .map(|q| agent.complete(&[Message::user(q.clone())]).unwrap())
+        .collect();
+    assert_eq!(
+        agent.largest_batch(),
+        1,
+        "one at a time when asked one at a time"
+    );
+    // The same prompts from 6 threads at once: batched (different lengths, left-padded), and each
+    // reply equals the one it got alone.
+    let together: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = questions
+            .iter()
+            .map(|q| {
+                let agent = &agent;
+                s.spawn(move || agent.complete(&[Message::user(q.clone())]).unwrap())
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(together, alone);
+    eprintln!("largest batch: {}", agent.largest_batch());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn a_model_without_a_template_needs_a_named_one() {
     let dir = tiny_model("plain", 1);
     std::fs::remove_file(dir.join("tokenizer_config.json")).unwrap();
-    let e = LocalAgent::<Cpu>::load(&dir, settings(), &Default::default())
+    let e = LocalAgent::load::<Cpu>(&dir, settings(), &Default::default())
         .unwrap_err()
         .to_string();
     assert!(
         e.contains("no chat_template") && e.contains("mistral"),
         "{e}"
     );
-    assert!(LocalAgent::<Cpu>::load(
+    assert!(LocalAgent::load::<Cpu>(
         &dir,
         LocalSettings {
             template: Some("chatml".into()),

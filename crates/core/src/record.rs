@@ -151,7 +151,7 @@ impl PreferenceRecord {
 
 /// Reads a preference file, validating every item; all problems are reported in one error.
 pub fn read_records(path: &Path) -> Result<Vec<PreferenceRecord>> {
-    let (records, problems) = read_records_lenient(path)?;
+    let (records, problems) = parse_file(path, false)?;
     if problems.is_empty() {
         Ok(records)
     } else {
@@ -168,6 +168,28 @@ pub type ItemProblem = (Option<serde_json::Value>, String);
 /// Reads a preference file, returning the valid items and, for each invalid one, its id (when it
 /// has one) and the problem. Fails only when the file itself cannot be read or is not a JSON list.
 pub fn read_records_lenient(path: &Path) -> Result<(Vec<PreferenceRecord>, Vec<ItemProblem>)> {
+    parse_file(path, false)
+}
+
+/// Reads items whose `rejected_conversations` may be absent (plain QA items: image, question and
+/// ground truth, as text curation and visual pairs use them); a missing rejected side is a copy of
+/// `conversations`. Otherwise validated like [`read_records`].
+pub fn read_items(path: &Path) -> Result<Vec<PreferenceRecord>> {
+    let (records, problems) = parse_file(path, true)?;
+    if problems.is_empty() {
+        Ok(records)
+    } else {
+        Err(Error::Invalid {
+            path: path.to_path_buf(),
+            problems: problems.into_iter().map(|(_, p)| p).collect(),
+        })
+    }
+}
+
+fn parse_file(
+    path: &Path,
+    fill_rejected: bool,
+) -> Result<(Vec<PreferenceRecord>, Vec<ItemProblem>)> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|cause| Error::Json {
         path: path.to_path_buf(),
@@ -185,7 +207,14 @@ pub fn read_records_lenient(path: &Path) -> Result<(Vec<PreferenceRecord>, Vec<I
             _ => format!("item at index {index}"),
         };
         let id = item.get("id").cloned();
-        match serde_json::from_value::<PreferenceRecord>(item.clone()) {
+        let mut item = item.clone();
+        if let Some(obj) = item.as_object_mut().filter(|_| fill_rejected) {
+            if !obj.contains_key("rejected_conversations") {
+                let conv = obj.get("conversations").cloned().unwrap_or_default();
+                obj.insert("rejected_conversations".into(), conv);
+            }
+        }
+        match serde_json::from_value::<PreferenceRecord>(item) {
             Ok(r) => {
                 let p = r.problems();
                 if p.is_empty() {
@@ -246,6 +275,27 @@ mod tests {
         let round: Vec<PreferenceRecord> =
             serde_json::from_str(&serde_json::to_string(&recs).unwrap()).unwrap();
         assert_eq!(round, recs);
+    }
+
+    #[test]
+    fn plain_qa_items_are_items_but_not_preference_records() {
+        let qa = r#"[{"id": 3, "image": "a.png",
+            "conversations": [{"from": "human", "value": "<image>\nQ?"}, {"from": "gpt", "value": "A"}]},
+            {"id": 4, "image": "b.png", "conversations": [{"from": "human", "value": "no placeholder"},
+            {"from": "gpt", "value": "A"}]}]"#;
+        let path = write("qa", qa);
+        let e = read_items(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("item id 4") && e.contains("placeholder") && !e.contains("item id 3"),
+            "{e}"
+        );
+        let path = write("qa1", &qa.replace("no placeholder", "<image>\\nQ2?"));
+        let items = read_items(&path).unwrap();
+        assert_eq!(items[0].rejected_conversations, items[0].conversations);
+        assert!(
+            read_records(&path).is_err(),
+            "a preference file needs its rejected side"
+        );
     }
 
     #[test]

@@ -1,10 +1,8 @@
-//! Helpers the subcommands share: finding the tokenizer, checking it against the model, reading
-//! the items of the data commands.
+//! Helpers the subcommands share: finding the tokenizer, checking it against the model.
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
-use mmedpo_core::record::PreferenceRecord;
+use anyhow::{bail, Result};
 use mmedpo_llm::Tokenizer;
 
 /// `--tokenizer FILE`, else `MODEL/tokenizer.json`; a clear hint when only a SentencePiece
@@ -35,48 +33,4 @@ pub fn check_vocab(tokenizer: &Tokenizer, vocab_size: usize, model: &Path) -> Re
         );
     }
     Ok(())
-}
-
-/// Reads the items of a data command (`curate-text`, `visual-pairs`): preference records whose
-/// `rejected_conversations` may be absent (only the image, question and ground truth are used).
-pub fn read_items(path: &Path) -> Result<Vec<PreferenceRecord>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
-    let Some(items) = value.as_array() else {
-        bail!(
-            "{}: the file must hold a JSON list of items",
-            path.display()
-        );
-    };
-    let mut out = Vec::with_capacity(items.len());
-    let mut problems = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let mut item = item.clone();
-        if let Some(obj) = item.as_object_mut() {
-            if !obj.contains_key("rejected_conversations") {
-                let conv = obj.get("conversations").cloned().unwrap_or_default();
-                obj.insert("rejected_conversations".into(), conv);
-            }
-        }
-        let label = format!(
-            "item {} (index {i})",
-            item.get("id").unwrap_or(&serde_json::Value::Null)
-        );
-        match serde_json::from_value::<PreferenceRecord>(item) {
-            Ok(r) if r.problems().is_empty() => out.push(r),
-            Ok(r) => problems.push(format!("{label}: {}", r.problems().join("; "))),
-            Err(e) => problems.push(format!("{label}: {e}")),
-        }
-    }
-    if !problems.is_empty() {
-        bail!(
-            "{}: {} bad item(s):\n  {}",
-            path.display(),
-            problems.len(),
-            problems.join("\n  ")
-        );
-    }
-    Ok(out)
 }

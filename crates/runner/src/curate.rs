@@ -15,13 +15,14 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use mmedpo_core::record::read_items;
 use mmedpo_curation::{judge, to_record, CandidateSampler, Item, JudgePrompts, Verdict};
 use mmedpo_llm::{GenerationConfig, Sampling, Template, Tokenizer};
 use mmedpo_lvlm::generate::generate_answers;
 use mmedpo_lvlm::{load_llava, LlavaForConditionalGeneration};
 use mmedpo_vision::AspectRatio;
 
-use crate::common::{check_vocab, load_tokenizer, read_items};
+use crate::common::{check_vocab, load_tokenizer};
 use crate::journal::{append, by_id, complete_lines, side};
 use crate::relevance::{parse_agent, LocalArgs};
 use crate::{with_backend, DeviceKind, Dtype};

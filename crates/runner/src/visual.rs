@@ -22,12 +22,11 @@ use burn::tensor::backend::Backend;
 use clap::Args;
 use image::DynamicImage;
 use indicatif::{ProgressBar, ProgressStyle};
-use mmedpo_core::record::PreferenceRecord;
+use mmedpo_core::record::{read_items, PreferenceRecord};
 use mmedpo_medklip::noise::{to_noise_input, DEFAULT_STEP};
 use mmedpo_medklip::overlay::overlay;
 use mmedpo_medklip::{add_noise, lesion_map, observation_index, Medklip, NoiseMode};
 
-use crate::common::read_items;
 use crate::journal::{append, by_id};
 use crate::{with_backend, DeviceKind, Dtype};
 

@@ -229,9 +229,9 @@ fn parse_file(
     Ok((records, problems))
 }
 
-/// FNV-1a 64 of some byte strings, as 16 hex digits: a cheap fingerprint to detect stale caches
-/// (not a security hash).
-pub fn fingerprint<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+/// FNV-1a 64 of some byte strings (each followed by a 0xff separator): a cheap fingerprint to
+/// detect stale caches or derive per-item seeds (not a security hash).
+pub fn fingerprint_u64<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
     let mut h: u64 = 0xCBF2_9CE4_8422_2325;
     for part in parts {
         for &b in part.iter().chain(&[0xff]) {
@@ -239,7 +239,12 @@ pub fn fingerprint<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
             h = h.wrapping_mul(0x0000_0100_0000_01B3);
         }
     }
-    format!("{h:016x}")
+    h
+}
+
+/// [`fingerprint_u64`] as 16 hex digits.
+pub fn fingerprint<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    format!("{:016x}", fingerprint_u64(parts))
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use mmedpo_core::record::read_items;
+use mmedpo_core::record::{fingerprint_u64, read_items};
 use mmedpo_curation::{judge, to_record, CandidateSampler, Item, JudgePrompts, Verdict};
 use mmedpo_llm::{GenerationConfig, Sampling, Template, Tokenizer};
 use mmedpo_lvlm::generate::generate_answers;
@@ -95,8 +95,7 @@ pub struct CurateArgs {
 }
 
 fn item_seed(seed: u64, id: &str) -> u64 {
-    let hex = mmedpo_core::record::fingerprint([seed.to_le_bytes().as_slice(), id.as_bytes()]);
-    u64::from_str_radix(&hex, 16).unwrap_or(seed)
+    fingerprint_u64([seed.to_le_bytes().as_slice(), id.as_bytes()])
 }
 
 /// The target LLaVA as a candidate sampler.

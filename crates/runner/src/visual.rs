@@ -22,7 +22,7 @@ use burn::tensor::backend::Backend;
 use clap::Args;
 use image::DynamicImage;
 use indicatif::{ProgressBar, ProgressStyle};
-use mmedpo_core::record::{read_items, PreferenceRecord};
+use mmedpo_core::record::{fingerprint_u64, read_items, PreferenceRecord};
 use mmedpo_medklip::noise::{to_noise_input, DEFAULT_STEP};
 use mmedpo_medklip::overlay::overlay;
 use mmedpo_medklip::{add_noise, lesion_map, observation_index, Medklip, NoiseMode};
@@ -71,11 +71,6 @@ pub struct VisualArgs {
 /// The preference file written at the top of `--out`.
 pub const OUTPUT_FILE: &str = "visual_pairs.json";
 
-fn fnv(bytes: &[u8]) -> u64 {
-    let hex = mmedpo_core::record::fingerprint([bytes]);
-    u64::from_str_radix(&hex, 16).unwrap_or_default()
-}
-
 /// A file-name-safe form of an item id (a hash suffix keeps distinct ids distinct).
 fn file_stem(id: &str) -> String {
     let safe: String = id
@@ -91,12 +86,12 @@ fn file_stem(id: &str) -> String {
     if safe == id && !safe.starts_with('.') {
         safe
     } else {
-        format!("{safe}-{:08x}", fnv(id.as_bytes()) as u32)
+        format!("{safe}-{:08x}", fingerprint_u64([id.as_bytes()]) as u32)
     }
 }
 
 fn item_seed(seed: u64, id: &str) -> u64 {
-    fnv(format!("{seed}\u{0}{id}").as_bytes())
+    fingerprint_u64([format!("{seed}\u{0}{id}").as_bytes()])
 }
 
 /// Writes `bytes` to `path` whole: a temp file in the same folder, then a rename.

@@ -126,28 +126,28 @@ fn reflect101(i: i64, n: usize) -> usize {
 pub fn gaussian_blur(src: &[f32], w: usize, h: usize, ksize: usize) -> Vec<f32> {
     let k = gaussian_kernel(ksize);
     let r = (ksize / 2) as i64;
+    // Source index of tap j for output index i, on an axis of n: computed once per axis.
+    let taps = |n: usize| -> Vec<usize> {
+        (0..n)
+            .flat_map(|i| (0..ksize).map(move |j| reflect101(i as i64 + j as i64 - r, n)))
+            .collect()
+    };
+    let cols = taps(w);
     let mut tmp = vec![0f32; w * h];
-    for y in 0..h {
-        let row = &src[y * w..][..w];
-        for x in 0..w {
-            tmp[y * w + x] = k
-                .iter()
-                .enumerate()
-                .map(|(j, kv)| kv * row[reflect101(x as i64 + j as i64 - r, w)])
-                .sum();
+    for (row, out) in src.chunks_exact(w).zip(tmp.chunks_exact_mut(w)) {
+        for (x, o) in out.iter_mut().enumerate() {
+            let t = &cols[x * ksize..][..ksize];
+            *o = k.iter().zip(t).map(|(kv, &c)| kv * row[c]).sum();
         }
     }
+    // Columns: whole rows at a time, taps in the same order as the row pass.
+    let rows = taps(h);
     let mut out = vec![0f32; w * h];
-    for y in 0..h {
-        let rows: Vec<usize> = (0..ksize)
-            .map(|j| reflect101(y as i64 + j as i64 - r, h))
-            .collect();
-        for x in 0..w {
-            out[y * w + x] = k
-                .iter()
-                .zip(&rows)
-                .map(|(kv, &yy)| kv * tmp[yy * w + x])
-                .sum();
+    for (y, o) in out.chunks_exact_mut(w).enumerate() {
+        for (kv, &yy) in k.iter().zip(&rows[y * ksize..][..ksize]) {
+            for (acc, &v) in o.iter_mut().zip(&tmp[yy * w..][..w]) {
+                *acc += kv * v;
+            }
         }
     }
     out

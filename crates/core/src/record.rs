@@ -322,14 +322,19 @@ mod tests {
 
     #[test]
     fn the_released_files_are_valid() {
-        let Some(data) = crate::testing::shared_data_dir() else {
-            return;
-        };
-        let path = data.join("vqa-rad_dpo_weighted.json");
-        let recs = read_records(&path).unwrap();
-        assert_eq!(recs.len(), 1797);
-        assert!(recs
-            .iter()
-            .all(|r| r.weighted_score.is_some() && r.rejected_image.is_none()));
+        for set in crate::testing::released_data("the_released_files_are_valid") {
+            let recs = read_records(&set.dir.join("vqa-rad_dpo_weighted.json")).unwrap();
+            assert_eq!(recs.len(), 1797_usize.div_ceil(set.stride), "{}", set.label);
+            assert!(recs
+                .iter()
+                .all(|r| r.weighted_score.is_some() && r.rejected_image.is_none()));
+            let slake = read_records(&set.dir.join("slake_dpo_weighted.json")).unwrap();
+            assert_eq!(
+                slake.len(),
+                4919_usize.div_ceil(set.stride),
+                "{}",
+                set.label
+            );
+        }
     }
 }

@@ -1,9 +1,9 @@
 //! The committed Mistral tokenizer (`models/mistral-tokenizer/tokenizer.json`) against SentencePiece.
 //!
-//! Goldens: `tests/golden/make_tokenizer_goldens.py`. The shared MMedPO preference files are read
-//! from `$MMEDPO_SHARED_DIR/data` or, by default, `../shared/data` beside the workspace (CI has it).
-//! Without them the test fails; set `MMEDPO_ALLOW_NO_SHARED=1` to check only the edge cases (it
-//! says so in the output).
+//! Goldens: `tests/golden/make_tokenizer_goldens.py`. The MMedPO preference files: the committed
+//! sample (`data/released-sample`) always, and the full released files too when they are beside
+//! the clone (`../shared/data` or `$MMEDPO_SHARED_DIR/data`; CI has them). The test output says
+//! which it checked.
 
 use std::path::{Path, PathBuf};
 
@@ -73,59 +73,68 @@ fn edge_cases_match_sentencepiece_with_and_without_bos() {
 
 #[test]
 fn every_turn_of_the_mmedpo_preference_files_matches_sentencepiece() {
-    let Some(data) = mmedpo_core::testing::shared_data_dir() else {
-        return;
-    };
     let tok = tokenizer();
     let g = goldens();
-    let hashes: Vec<&str> = g["shared_hashes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h.as_str().unwrap())
-        .collect();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&data)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with("_dpo_weighted.json"))
-        .collect();
-    files.sort();
-    let mut n = 0;
-    let mut mismatches = vec![];
-    for path in &files {
-        let items: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        for item in items.as_array().unwrap() {
-            for conv in ["conversations", "rejected_conversations"] {
-                for (t, turn) in item[conv].as_array().unwrap().iter().enumerate() {
-                    let text = turn["value"].as_str().unwrap();
-                    let plain = tok.encode_literal(text, false).unwrap();
-                    let with_bos = tok.encode_literal(text, true).unwrap();
-                    let ok = hashes.get(n) == Some(&fnv1a64(&plain).as_str())
-                        && with_bos.first() == Some(&1)
-                        && with_bos[1..] == plain[..];
-                    if !ok {
-                        mismatches.push(format!(
-                            "{} id {} {conv}[{t}]",
-                            path.display(),
-                            item["id"]
-                        ));
+    for set in mmedpo_core::testing::released_data("tokenizer vs SentencePiece") {
+        let key = match set.label {
+            "sample" => "sample_hashes",
+            _ => "shared_hashes",
+        };
+        let hashes: Vec<&str> = g[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h.as_str().unwrap())
+            .collect();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&set.dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with("_dpo_weighted.json"))
+            .collect();
+        files.sort();
+        let mut n = 0;
+        let mut mismatches = vec![];
+        for path in &files {
+            let items: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+            for item in items.as_array().unwrap() {
+                for conv in ["conversations", "rejected_conversations"] {
+                    for (t, turn) in item[conv].as_array().unwrap().iter().enumerate() {
+                        let text = turn["value"].as_str().unwrap();
+                        let plain = tok.encode_literal(text, false).unwrap();
+                        let with_bos = tok.encode_literal(text, true).unwrap();
+                        let ok = hashes.get(n) == Some(&fnv1a64(&plain).as_str())
+                            && with_bos.first() == Some(&1)
+                            && with_bos[1..] == plain[..];
+                        if !ok {
+                            mismatches.push(format!(
+                                "{} id {} {conv}[{t}]",
+                                path.display(),
+                                item["id"]
+                            ));
+                        }
+                        n += 1;
                     }
-                    n += 1;
                 }
             }
         }
+        println!(
+            "{}: {n} strings checked, {} mismatches",
+            set.label,
+            mismatches.len()
+        );
+        assert_eq!(
+            n,
+            hashes.len(),
+            "{}: a different number of turns than the goldens",
+            set.dir.display()
+        );
+        assert!(n > 0, "{}: no turns", set.dir.display());
+        assert!(
+            mismatches.is_empty(),
+            "{} mismatches, first: {:?}",
+            mismatches.len(),
+            &mismatches[..mismatches.len().min(10)]
+        );
     }
-    println!("{n} strings checked, {} mismatches", mismatches.len());
-    assert_eq!(
-        n,
-        hashes.len(),
-        "the shared data has a different number of turns than the goldens"
-    );
-    assert!(
-        mismatches.is_empty(),
-        "{} mismatches, first: {:?}",
-        mismatches.len(),
-        &mismatches[..mismatches.len().min(10)]
-    );
 }

@@ -5,8 +5,8 @@ Regenerate (never in CI; needs sentencepiece + mistral-common, e.g. the venv of 
 
 Truth: SentencePiece with `mistral_common/data/tokenizer.model.v1` (the Mistral-7B v0.1/v0.2 model,
 LLaVA-Med v1.5's tokenizer), `encode(text)` without and with BOS (id 1).
-The shared preference data is not ours to commit, so for it we store one FNV-1a-64 hash of the id
-list per string, in a fixed order: files sorted by name, items in file order, `conversations` then
+For the full released preference files (not ours to commit) and the committed sample of them
+(data/released-sample) we store one FNV-1a-64 hash of the id list per string, in a fixed order: files sorted by name, items in file order, `conversations` then
 `rejected_conversations`, turns in order. Edge cases are our own strings: stored with their full ids.
 Also stored: ids from HF `tokenizers` (Python binding of the same library) in its default mode, where
 special tokens written in the text (`</s>`) are parsed; these differ from SentencePiece on purpose.
@@ -82,6 +82,8 @@ def main():
     for name, text in shared_strings(data_dir):
         files[name] = files.get(name, 0) + 1
         hashes.append(fnv1a64(sp.encode(text)))
+    # The committed sample (every 20th item, data/released-sample): checked in every clone.
+    sample_hashes = [fnv1a64(sp.encode(text)) for _, text in shared_strings(ROOT / "data" / "released-sample")]
     edge = []
     for text in EDGE_CASES:
         ids = sp.encode(text)
@@ -98,10 +100,11 @@ def main():
         "order": "files sorted by name; items in order; conversations then rejected_conversations; turns in order",
         "files": files,
         "shared_hashes": hashes,
+        "sample_hashes": sample_hashes,
         "edge_cases": edge,
     }
     (HERE / "tokenizer_goldens.json").write_text(json.dumps(out, ensure_ascii=False, indent=0))
-    print(f"{len(hashes)} shared strings from {files}, {len(edge)} edge cases")
+    print(f"{len(hashes)} shared strings from {files}, {len(sample_hashes)} sample strings, {len(edge)} edge cases")
 
 
 if __name__ == "__main__":

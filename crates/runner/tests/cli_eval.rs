@@ -5,6 +5,11 @@ use std::process::Output;
 mod common;
 use common::{mmedpo, stderr, tmp};
 
+/// The WordNet subset committed for the metric goldens (holds every word these tests score).
+fn wordnet_subset() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../eval/tests/golden/wordnet-subset")
+}
+
 fn json_out(o: Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", stderr(&o));
     serde_json::from_slice(&o.stdout).unwrap()
@@ -53,8 +58,10 @@ fn metrics_scores_vqa_and_reports_and_never_crashes_on_empty_predictions() {
         "report",
         "--predictions",
         rep.to_str().unwrap(),
+        "--wordnet",
+        wordnet_subset().to_str().unwrap(),
     ]));
-    let wn = mmedpo_eval::wordnet::WordNet::open(None).unwrap();
+    let wn = mmedpo_eval::wordnet::WordNet::open(Some(&wordnet_subset())).unwrap();
     let s = mmedpo_eval::report_scores(
         "The lungs are clear. No effusion.",
         "The lungs are clear. No pleural effusion.",

@@ -18,11 +18,6 @@ import pathlib
 import re
 import sys
 
-from nltk.corpus.reader.wordnet import WordNetCorpusReader
-from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
-from nltk.translate.meteor_score import meteor_score
-from rouge import Rouge
-
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[3]
 
@@ -94,6 +89,9 @@ SYNTHETIC = [
 
 
 def scores(pred, gt, rouge, wn, smooth):
+    from nltk.translate.bleu_score import sentence_bleu
+    from nltk.translate.meteor_score import meteor_score
+
     p, r = normalize_word(pred.lower()), normalize_word(gt.lower())
     pt, rt = p.split(), r.split()
     out = {"norm_pred": p, "closed": 1.0 if r in p else 0.0, "open_recall": open_recall(p, r)}
@@ -111,6 +109,12 @@ def scores(pred, gt, rouge, wn, smooth):
 
 
 def main():
+    # Imported here so that make_wordnet_subset.py can import normalize_word and SYNTHETIC
+    # without nltk.
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+    from nltk.translate.bleu_score import SmoothingFunction
+    from rouge import Rouge
+
     shared = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else ROOT.parent / "shared" / "data")
     wn_dir = pathlib.Path(sys.argv[2] if len(sys.argv) > 2 else "/usr/share/wordnet")
     # nltk only reads corpora under its data path: copy the files into ~/nltk_data/corpora/.

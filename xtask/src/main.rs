@@ -2,7 +2,7 @@
 //!
 //! * `cargo xtask train [--config FILE] [ARGS]`: `mmedpo train`. Without `--config`, the embedded
 //!   default: random weights for `models/tiny-llava/config.json` (seed 0, drawn once into
-//!   `out/tiny-llava`) trained on `data/default/pairs.json` with `models/tiny-llava/train.toml`.
+//!   `out/tiny-llava` with the Mistral tokenizer beside them) trained on `data/default/pairs.json` with `models/tiny-llava/train.toml`.
 //!   `--device cuda` builds with the `cuda` feature.
 //! * `cargo xtask bench llm [ARGS]`: `mmedpo bench llm` (Flex, release) and, with `--torch`, the
 //!   PyTorch reference `crates/llm/scripts/bench_torch.py` on the same config and machine
@@ -98,13 +98,15 @@ fn train(args: &[&str]) -> Result<()> {
         return run(mmedpo(cuda).arg("train").args(args));
     }
     let model = root().join("out/tiny-llava");
-    if !model.join("model.safetensors").is_file() {
+    if !model.join("model.safetensors").is_file() || !model.join("tokenizer.json").is_file() {
         run(mmedpo(cuda).args([
             "init-model",
             "--config",
             "models/tiny-llava/config.json",
             "--seed",
             "0",
+            "--tokenizer",
+            "models/mistral-tokenizer/tokenizer.json",
             "--out",
             "out/tiny-llava",
         ]))?;

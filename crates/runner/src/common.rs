@@ -21,15 +21,20 @@ pub fn load_tokenizer(model: &Path, explicit: Option<&Path>) -> Result<Tokenizer
     Ok(Tokenizer::from_file(&path)?)
 }
 
-/// The tokenizer must cover exactly the model's vocabulary.
+/// The tokenizer must fit the model's vocabulary. Fewer tokens than `vocab_size` is valid: GPU
+/// checkpoints pad the embedding (llava-hf/llava-1.5-7b-hf: 32,002 tokens, `vocab_size` 32,064);
+/// more is an error, since some ids would have no embedding row.
 pub fn check_vocab(tokenizer: &Tokenizer, vocab_size: usize, model: &Path) -> Result<()> {
-    if tokenizer.vocab_size() != vocab_size {
+    if tokenizer.vocab_size() > vocab_size {
         bail!(
-            "{}: tokenizer has {} tokens but {} has vocab_size {}; pass the model's own tokenizer with --tokenizer",
+            "{}: tokenizer has {} tokens but {} has vocab_size {} (ids {}..{} would have no embedding); \
+             pass the model's own tokenizer with --tokenizer",
             tokenizer.path().display(),
             tokenizer.vocab_size(),
             model.join("config.json").display(),
-            vocab_size
+            vocab_size,
+            vocab_size,
+            tokenizer.vocab_size() - 1
         );
     }
     Ok(())

@@ -244,13 +244,43 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
+/// Paths in a config file are relative to the file's folder (flags stay relative to the current
+/// directory): `model`, `vision_tower`, `tokenizer`, `data`, `image_root`, `out` and a
+/// `[dpo] reference` file.
+fn relative_to_file(table: &mut toml::Table, file: &Path) {
+    let folder = file.parent().unwrap_or(Path::new(""));
+    let rebase = |v: &mut toml::Value| {
+        if let toml::Value::String(s) = v {
+            if Path::new(s.as_str()).is_relative() {
+                *s = folder.join(s.as_str()).display().to_string();
+            }
+        }
+    };
+    for key in ["model", "vision_tower", "tokenizer", "image_root", "out"] {
+        if let Some(v) = table.get_mut(key) {
+            rebase(v);
+        }
+    }
+    if let Some(toml::Value::Array(files)) = table.get_mut("data") {
+        files.iter_mut().for_each(rebase);
+    }
+    if let Some(toml::Value::Table(dpo)) = table.get_mut("dpo") {
+        if let Some(v) = dpo
+            .get_mut("reference")
+            .filter(|v| v.as_str() != Some("adapter-off"))
+        {
+            rebase(v);
+        }
+    }
+}
+
 /// Resolves file + flags into a full config; unknown keys and missing required values are errors.
 pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
     let mut table = defaults();
     if let Some(path) = &args.config {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let raw: toml::Table =
+        let mut raw: toml::Table =
             toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
         // Unknown keys are errors (checked on the raw file, with its own sections).
         let _: RawConfig =
@@ -288,6 +318,7 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
                 }
             }
         }
+        relative_to_file(&mut raw, path);
         merge(&mut table, raw);
     }
     let mut set = |path: &[&str], v: toml::Value| {
@@ -380,9 +411,53 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid training configuration: {e}"))
 }
 
+/// Every input the configuration names exists, or one error listing each missing one, the key that
+/// names it, and where such a file comes from.
+fn check_inputs(config: &TrainConfig, file: Option<&Path>) -> Result<()> {
+    let from = |key: &str| match file {
+        Some(f) => format!("`{key}` in {} or --{}", f.display(), key.replace('_', "-")),
+        None => format!("--{}", key.replace('_', "-")),
+    };
+    let mut missing = vec![];
+    if !config.model.join("config.json").is_file() {
+        missing.push(format!(
+            "{}: no LLaVA model (no config.json) ({}); download one there (LLaVA-Med v1.5: \
+             microsoft/llava-med-v1.5-mistral-7b) or draw a random one with `mmedpo init-model`",
+            config.model.display(),
+            from("model")
+        ));
+    }
+    for path in &config.data {
+        if !path.is_file() {
+            missing.push(format!(
+                "{}: no such preference file ({}); text pairs come from `mmedpo curate-text` then \
+                 `mmedpo score-relevance` (or are the pairs released with the paper: \
+                 data/*_dpo_weighted.json of the MMedPO repository, a sample in data/released-sample), \
+                 visual pairs from `mmedpo visual-pairs --data TEXT_PAIRS --image-root IMAGES --out DIR` \
+                 (DIR/visual_pairs.json)",
+                path.display(),
+                from("data")
+            ));
+        }
+    }
+    if !config.image_root.is_dir() {
+        missing.push(format!(
+            "{}: no such image folder ({}); it holds the images the pairs' `image` fields name \
+             (e.g. VQA-RAD's or SLAKE's image folder)",
+            config.image_root.display(),
+            from("image_root")
+        ));
+    }
+    if !missing.is_empty() {
+        bail!("missing input(s):\n  {}", missing.join("\n  "));
+    }
+    Ok(())
+}
+
 /// Runs `mmedpo train`.
 pub fn run(args: TrainArgs) -> Result<()> {
     let config = resolve(&args)?;
+    check_inputs(&config, args.config.as_deref())?;
     std::fs::create_dir_all(&config.out)
         .with_context(|| format!("creating {}", config.out.display()))?;
     let resolved = config.out.join("train_config.toml");
@@ -524,6 +599,10 @@ pub struct InitModelArgs {
     /// Output directory (llava-hf layout).
     #[arg(long)]
     out: PathBuf,
+    /// tokenizer.json to copy into the output (with its tokenizer_config.json when one is beside
+    /// it), so that commands find it there without `--tokenizer`.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
 }
 
 /// Runs `mmedpo init-model`: random weights for a LLaVA config, saved as a llava-hf directory.
@@ -531,14 +610,40 @@ pub fn init_model(args: InitModelArgs) -> Result<()> {
     let config = LlavaConfig::from_file(&args.config)?;
     type B = mmedpo_core::backend::Cpu;
     let device = Default::default();
+    let tokenizer = match &args.tokenizer {
+        Some(path) => {
+            let tokenizer = mmedpo_llm::Tokenizer::from_file(path)?;
+            check_vocab(&tokenizer, config.text.vocab_size, &args.out)?;
+            Some(path)
+        }
+        None => None,
+    };
     B::seed(&device, args.seed);
     let model = config.init::<B>(&device);
     save_llava(&model, &config, &args.out)?;
+    if let Some(path) = tokenizer {
+        let copy = |from: &Path, name: &str| -> Result<()> {
+            let to = args.out.join(name);
+            std::fs::copy(from, &to)
+                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            Ok(())
+        };
+        copy(path, "tokenizer.json")?;
+        let tokenizer_config = path.with_file_name("tokenizer_config.json");
+        if tokenizer_config.is_file() {
+            copy(&tokenizer_config, "tokenizer_config.json")?;
+        }
+    }
     eprintln!(
-        "random LLaVA ({} text layers, {} image tokens) written to {}",
+        "random LLaVA ({} text layers, {} image tokens) written to {}{}",
         config.text.num_hidden_layers,
         config.image_tokens(),
-        args.out.display()
+        args.out.display(),
+        if tokenizer.is_some() {
+            " with its tokenizer"
+        } else {
+            " (no tokenizer: give --tokenizer here or to each command)"
+        }
     );
     Ok(())
 }

@@ -119,7 +119,8 @@ fn config_files_are_strict() {
     let o = mmedpo(&["train", "--data", "x.json"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no `model`"), "{}", stderr(&o));
-    // The documented LLaVA-Med config parses (its model is absent here, so it stops at loading).
+    // The documented LLaVA-Med config parses; its inputs are absent here, so it refuses to start,
+    // naming each one (paths relative to docs/), the key, and where it comes from.
     let o = mmedpo(&[
         "train",
         "--config",
@@ -128,7 +129,47 @@ fn config_files_are_strict() {
         dir.join("x").to_str().unwrap(),
     ]);
     assert!(!o.status.success());
-    assert!(!stderr(&o).contains("unknown key"), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(!e.contains("unknown key"), "{e}");
+    for want in [
+        "docs/../checkpoints/llava-med-v1.5-mistral-7b: no LLaVA model",
+        "docs/../datasets/vqa-rad/vqa-rad_dpo_weighted.json: no such preference file (`data` in docs/train-llava-med.toml",
+        "`mmedpo curate-text`",
+        "docs/../out/vqa-rad-visual/visual_pairs.json: no such preference file",
+        "`mmedpo visual-pairs --data",
+        "docs/../datasets/vqa-rad/images: no such image folder",
+    ] {
+        assert!(e.contains(want), "{want:?} not in {e}");
+    }
+    assert!(
+        !dir.join("x").exists(),
+        "a refused run wrote its output folder"
+    );
+}
+
+#[test]
+fn paths_in_a_config_file_are_relative_to_its_folder() {
+    let model = tiny_llava("relmodel");
+    std::fs::copy(
+        root().join("data/default/pairs.json"),
+        model.join("pairs.json"),
+    )
+    .unwrap();
+    let cfg = model.join("train.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "model = \".\"\ndata = [\"pairs.json\"]\nimage_root = {:?}\nout = \"run\"\n\
+             [lora]\nr = 2\nalpha = 4.0\n[optim]\nmax_steps = 1\nbatch_size = 2\ngrad_accum = 1\n",
+            root().join("data/images").canonicalize().unwrap()
+        ),
+    )
+    .unwrap();
+    let o = ok(mmedpo(&["train", "--config", cfg.to_str().unwrap()]));
+    assert!(stderr(&o).contains("trained 1 step(s)"), "{}", stderr(&o));
+    assert!(model
+        .join("run/adapter/adapter_model.safetensors")
+        .is_file());
 }
 
 #[test]

@@ -17,7 +17,8 @@ use burn::module::Param;
 use burn::nn::{LayerNorm, Linear, RmsNorm};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
-use safetensors::{Dtype, SafeTensors};
+pub use safetensors::Dtype;
+use safetensors::SafeTensors;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -68,6 +69,60 @@ struct Entry {
     file: usize,
     dtype: Dtype,
     shape: Vec<usize>,
+}
+
+/// A tensor as a checkpoint stores it.
+#[derive(Debug, Clone)]
+pub struct RawTensor<'a> {
+    /// On-disk dtype.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Little-endian bytes.
+    pub data: &'a [u8],
+}
+
+impl RawTensor<'_> {
+    /// The values as f32 (f32, f16 and bf16 tensors).
+    pub fn to_f32(&self, path: &Path, key: &str) -> Result<Vec<f32>> {
+        let dtype = burn_dtype(self.dtype).ok_or_else(|| Error::Tensor {
+            path: path.to_path_buf(),
+            key: key.into(),
+            message: format!(
+                "dtype {:?} is not supported (f32, f16, bf16 are)",
+                self.dtype
+            ),
+        })?;
+        TensorData::from_bytes_vec(self.data.to_vec(), self.shape.clone(), dtype)
+            .convert::<f32>()
+            .into_vec()
+            .map_err(|e| Error::Tensor {
+                path: path.to_path_buf(),
+                key: key.into(),
+                message: format!("{e:?}"),
+            })
+    }
+}
+
+/// f32 values as little-endian bytes of `dtype` (f32, f16 or bf16; rounding to nearest even).
+pub fn f32_to_bytes(values: Vec<f32>, dtype: Dtype) -> Option<Vec<u8>> {
+    let target = burn_dtype(dtype)?;
+    let n = values.len();
+    Some(
+        TensorData::new(values, [n])
+            .convert_dtype(target)
+            .as_bytes()
+            .to_vec(),
+    )
+}
+
+fn burn_dtype(dtype: Dtype) -> Option<DType> {
+    match dtype {
+        Dtype::F32 => Some(DType::F32),
+        Dtype::F16 => Some(DType::F16),
+        Dtype::BF16 => Some(DType::BF16),
+        _ => None,
+    }
 }
 
 /// An opened safetensors checkpoint (single file or sharded), memory-mapped.
@@ -211,6 +266,36 @@ impl Checkpoint {
         self.entries.contains_key(key)
     }
 
+    /// A tensor as stored (dtype, shape, little-endian bytes), without conversion: for tools that
+    /// rewrite a checkpoint and must keep what they do not change bit for bit.
+    pub fn raw(&self, key: &str) -> Result<RawTensor<'_>> {
+        let entry = self.entries.get(key).ok_or_else(|| Error::Keys {
+            dir: self.dir.clone(),
+            missing: vec![key.to_string()],
+            unused: vec![],
+        })?;
+        let path = &self.files[entry.file];
+        let st =
+            SafeTensors::deserialize(&self.maps[entry.file]).map_err(|e| Error::Safetensors {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        let view = st.tensor(key).map_err(|e| Error::Safetensors {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(RawTensor {
+            dtype: entry.dtype,
+            shape: entry.shape.clone(),
+            data: view.data(),
+        })
+    }
+
+    /// The file holding `key`.
+    pub fn file_of(&self, key: &str) -> Option<&Path> {
+        self.entries.get(key).map(|e| self.files[e.file].as_path())
+    }
+
     /// Checks that every key is present; reports all missing ones at once.
     pub fn require<S: AsRef<str>>(&self, keys: &[S]) -> Result<()> {
         let missing: Vec<String> = keys
@@ -284,18 +369,14 @@ impl Checkpoint {
                 ),
             });
         }
-        let dtype = match entry.dtype {
-            Dtype::F32 => DType::F32,
-            Dtype::F16 => DType::F16,
-            Dtype::BF16 => DType::BF16,
-            other => {
-                return Err(Error::Tensor {
-                    path: path.clone(),
-                    key: key.into(),
-                    message: format!("dtype {other:?} is not supported (f32, f16, bf16 are)"),
-                })
-            }
-        };
+        let dtype = burn_dtype(entry.dtype).ok_or_else(|| Error::Tensor {
+            path: path.clone(),
+            key: key.into(),
+            message: format!(
+                "dtype {:?} is not supported (f32, f16, bf16 are)",
+                entry.dtype
+            ),
+        })?;
         let st =
             SafeTensors::deserialize(&self.maps[entry.file]).map_err(|e| Error::Safetensors {
                 path: path.clone(),
@@ -398,6 +479,79 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]
         path: path.to_path_buf(),
         message: e.to_string(),
     })
+}
+
+/// The shard size above which [`write_checkpoint`] splits, as transformers' `save_pretrained`
+/// (`max_shard_size="5GB"`, decimal).
+pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
+
+/// Which tensors go in which shard, as transformers' `save_pretrained` splits: in order, a new
+/// shard whenever the next tensor would take the current one past `max_shard_bytes` (a tensor
+/// larger than that gets a shard of its own).
+pub fn plan_shards(sizes: &[u64], max_shard_bytes: u64) -> Vec<std::ops::Range<usize>> {
+    let mut out = vec![];
+    let (mut start, mut size) = (0, 0u64);
+    for (i, &n) in sizes.iter().enumerate() {
+        if i > start && size + n > max_shard_bytes {
+            out.push(start..i);
+            (start, size) = (i, 0);
+        }
+        size += n;
+    }
+    if start < sizes.len() {
+        out.push(start..sizes.len());
+    }
+    out
+}
+
+/// The file name of shard `i` (0-based) of `n`: `model.safetensors` when `n` is 1, else
+/// transformers' `model-0000{i+1}-of-0000{n}.safetensors`.
+pub fn shard_name(i: usize, n: usize) -> String {
+    if n == 1 {
+        "model.safetensors".into()
+    } else {
+        format!("model-{:05}-of-{n:05}.safetensors", i + 1)
+    }
+}
+
+/// A tensor to write: key, dtype, shape, little-endian bytes.
+pub type TensorBytes<'a> = (String, Dtype, Vec<usize>, std::borrow::Cow<'a, [u8]>);
+
+/// Writes one safetensors file with transformers' `{"format": "pt"}` metadata.
+pub fn write_safetensors_bytes(path: &Path, tensors: &[TensorBytes<'_>]) -> Result<()> {
+    let bad = |message: String| Error::Safetensors {
+        path: path.to_path_buf(),
+        message,
+    };
+    let views = tensors
+        .iter()
+        .map(|(k, dtype, shape, bytes)| {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| bad(e.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = Some(std::collections::HashMap::from([(
+        "format".to_string(),
+        "pt".to_string(),
+    )]));
+    safetensors::serialize_to_file(views, metadata, path).map_err(|e| bad(e.to_string()))
+}
+
+/// Writes `model.safetensors.index.json` as transformers does (`metadata.total_size`, `weight_map`).
+pub fn write_shard_index(
+    dir: &Path,
+    total_size: u64,
+    weight_map: &BTreeMap<String, String>,
+) -> Result<()> {
+    let path = dir.join("model.safetensors.index.json");
+    let json =
+        serde_json::json!({"metadata": {"total_size": total_size}, "weight_map": weight_map});
+    let text = serde_json::to_string_pretty(&json).map_err(|cause| Error::Json {
+        path: path.clone(),
+        cause,
+    })?;
+    std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))
 }
 
 /// A copy of `t` laid out contiguously (a transposed view becomes a real transpose).
@@ -535,4 +689,59 @@ pub fn dir_fingerprint(dir: &Path) -> Result<String> {
         }
     }
     Ok(crate::record::fingerprint(parts.iter().map(Vec::as_slice)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_split_as_transformers_does() {
+        assert_eq!(plan_shards(&[4, 4, 4], 10), vec![0..2, 2..3]);
+        assert_eq!(plan_shards(&[4, 4, 2], 10), vec![0..3]);
+        // A tensor larger than the limit gets a shard of its own.
+        assert_eq!(plan_shards(&[2, 30, 2], 10), vec![0..1, 1..2, 2..3]);
+        assert_eq!(plan_shards(&[], 10), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(shard_name(0, 1), "model.safetensors");
+        assert_eq!(shard_name(1, 3), "model-00002-of-00003.safetensors");
+    }
+
+    #[test]
+    fn raw_bytes_round_trip_through_a_written_shard() {
+        let dir = std::env::temp_dir().join(format!("mmedpo-core-raw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let values = vec![1.0f32, -2.5, 3.140625, 1e-3];
+        let bf16 = f32_to_bytes(values.clone(), Dtype::BF16).unwrap();
+        assert_eq!(bf16.len(), 8);
+        let tensors: Vec<TensorBytes> = vec![
+            ("a".into(), Dtype::BF16, vec![2, 2], bf16.as_slice().into()),
+            (
+                "b".into(),
+                Dtype::F32,
+                vec![4],
+                f32_to_bytes(values.clone(), Dtype::F32).unwrap().into(),
+            ),
+        ];
+        write_safetensors_bytes(&dir.join("model.safetensors"), &tensors).unwrap();
+        let ck = Checkpoint::open(&dir).unwrap();
+        let a = ck.raw("a").unwrap();
+        assert_eq!(
+            (a.dtype, a.shape.clone(), a.data),
+            (Dtype::BF16, vec![2, 2], bf16.as_slice())
+        );
+        let back = a.to_f32(&dir, "a").unwrap();
+        // bf16 keeps 8 bits of mantissa: 1e-3 rounds, the others are exact.
+        assert_eq!(&back[..3], &values[..3]);
+        assert!((back[3] - 1e-3).abs() < 1e-5 && back[3] != 1e-3);
+        assert_eq!(ck.raw("b").unwrap().to_f32(&dir, "b").unwrap(), values);
+        let map = std::fs::read(dir.join("model.safetensors")).unwrap();
+        let (_, meta) = SafeTensors::read_metadata(&map).unwrap();
+        assert_eq!(
+            meta.metadata()
+                .as_ref()
+                .and_then(|m| m.get("format"))
+                .map(String::as_str),
+            Some("pt")
+        );
+    }
 }

@@ -10,6 +10,7 @@
 //! * [`prompt`]: `tokenizer_image_token`, templates, `preprocess_v1` label masking.
 //! * [`loader`]: strict loading with a report. [`score`]: log π(y|x) of preference pairs.
 //! * [`generate`]: answers for (image, question) prompts. [`adapter`]: LoRA on the LLM, PEFT layout.
+//! * [`merge`]: a LoRA adapter merged into the checkpoint, written in the input's layout.
 #![deny(missing_docs)]
 
 pub mod adapter;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod generate;
 pub mod llava;
 pub mod loader;
+pub mod merge;
 pub mod prompt;
 pub mod score;
 

@@ -36,7 +36,7 @@ pub struct LoadedLlava<B: Backend> {
     pub tower_report: Option<LoadReport>,
 }
 
-fn llm_keys(ckpt: &Checkpoint) -> Option<(String, String)> {
+pub(crate) fn llm_keys(ckpt: &Checkpoint) -> Option<(String, String)> {
     let embed = ckpt
         .keys()
         .find(|k| k.ends_with("embed_tokens.weight") && !k.contains("vision"))?;

@@ -8,6 +8,7 @@ mod curate;
 mod eval;
 mod generate;
 mod journal;
+mod merge;
 mod plot;
 mod pyrandom;
 mod relevance;
@@ -46,6 +47,8 @@ enum Command {
     ScoreRelevance(relevance::RelevanceArgs),
     /// Visual pairs: MedKLIP lesion heatmap, localized noise, confidence weight (per item).
     VisualPairs(visual::VisualArgs),
+    /// Merge a LoRA adapter into its base LLaVA (the base's layout, sharded as transformers saves).
+    Merge(merge::MergeArgs),
     /// Merge text and visual pair files into one training file (weight mode applied, shuffled).
     Assemble(assemble::AssembleArgs),
     /// Measure throughput (LLM prefill/decode tokens/s, matmul GFLOP/s, visual-pair images/s).
@@ -123,6 +126,7 @@ fn main() -> std::process::ExitCode {
         Command::ScoreRelevance(args) => relevance::run(args),
         Command::CurateText(args) => curate::run(args),
         Command::Assemble(args) => assemble::run(args),
+        Command::Merge(args) => merge::run(args),
         Command::VisualPairs(args) => visual::run(args),
         Command::Bench(args) => bench::run(args),
     };

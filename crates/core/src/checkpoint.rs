@@ -147,9 +147,9 @@ impl std::fmt::Debug for Checkpoint {
 fn refuse_pickle(path: &Path) -> Error {
     Error::UnsupportedCheckpoint {
         path: path.to_path_buf(),
-        message: "PyTorch pickle checkpoints (.bin) are not read (unpickling can run code); convert it to safetensors once: \
-            python -c \"import sys, transformers as t; m = t.AutoModelForCausalLM.from_pretrained(sys.argv[1]); \
-            m.save_pretrained(sys.argv[2], safe_serialization=True)\" IN_DIR OUT_DIR"
+        message: "PyTorch pickle checkpoints (.bin) are not read (unpickling can run code); convert the \
+            directory to safetensors once with mmedpo's scripts/convert_bin.py IN_DIR OUT_DIR (standard \
+            library only, runs no pickled code; keeps every tensor name, dtype and value)"
             .into(),
     }
 }
@@ -481,7 +481,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]
     })
 }
 
-/// The shard size above which [`write_checkpoint`] splits, as transformers' `save_pretrained`
+/// The shard size above which a written checkpoint is split, as transformers' `save_pretrained`
 /// (`max_shard_size="5GB"`, decimal).
 pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
 

@@ -476,7 +476,7 @@ mod tests {
             err,
             mmedpo_core::Error::UnsupportedCheckpoint { .. }
         ));
-        assert!(err.to_string().contains("safe_serialization=True"), "{err}");
+        assert!(err.to_string().contains("scripts/convert_bin.py"), "{err}");
         let err = Checkpoint::open(&dir.join("pytorch_model.bin")).unwrap_err();
         assert!(matches!(
             err,

@@ -90,7 +90,8 @@ pub fn load_adapter<B: Backend>(
     if !file.is_file() && dir.join("adapter_model.bin").is_file() {
         return Err(mmedpo_core::Error::UnsupportedCheckpoint {
             path: dir.join("adapter_model.bin"),
-            message: "pickled adapters are not read; re-save it with safe_serialization=True"
+            message: "pickled adapters are not read (unpickling can run code); convert the adapter \
+                directory once with mmedpo's scripts/convert_bin.py IN_DIR OUT_DIR (runs no pickled code)"
                 .into(),
         }
         .into());

@@ -405,3 +405,98 @@ fn merge_keeps_the_original_llava_med_layout_and_shards_like_transformers() {
     assert!(d32 <= TOLERANCE, "{d32}");
     assert!(d16 < 0.1, "{d16}");
 }
+
+/// Runs `python3 scripts/convert_bin.py IN OUT` in `cwd`.
+fn convert_bin(input: &Path, out: &Path, cwd: &Path) -> Output {
+    std::process::Command::new("python3")
+        .arg(root().join("scripts/convert_bin.py"))
+        .arg(input)
+        .arg(out)
+        .current_dir(cwd)
+        .output()
+        .expect("python3 (the converter needs only its standard library)")
+}
+
+#[test]
+fn bin_checkpoints_convert_bit_for_bit_in_both_layouts_and_pickled_code_never_runs() {
+    let fixtures = root().join("scripts/tests/bin-fixtures");
+    let dir = tmp("convert");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("expected.json")).unwrap())
+            .unwrap();
+    // The pickle-refusing error points to the converter.
+    let e = stderr(&mmedpo(&[
+        "score",
+        "--model",
+        fixtures.join("llava-hf").to_str().unwrap(),
+        "--tokenizer",
+        "models/mistral-tokenizer/tokenizer.json",
+        "--data",
+        "data/default/pairs.json",
+        "--image-root",
+        "data/images",
+        "--out",
+        dir.join("x.jsonl").to_str().unwrap(),
+    ]));
+    assert!(e.contains("scripts/convert_bin.py"), "{e}");
+    for (from, to) in [
+        ("llava-hf", "llava-hf"),
+        ("llava-med", "llava-med"),
+        ("llava-med/tower", "llava-med/tower"),
+        ("adapter", "adapter"),
+    ] {
+        let o = convert_bin(&fixtures.join(from), &dir.join(to), &dir);
+        assert!(o.status.success(), "{from}: {}", stderr(&o));
+    }
+    let mut n = 0;
+    for (file, tensors) in expected.as_object().unwrap() {
+        let path = dir.join(file);
+        let ck = Checkpoint::open(&path).unwrap();
+        assert_eq!(
+            ck.keys().count(),
+            tensors.as_object().unwrap().len(),
+            "{file}"
+        );
+        for (key, want) in tensors.as_object().unwrap() {
+            let raw = ck.raw(key).unwrap();
+            assert_eq!(
+                format!("{:?}", raw.dtype),
+                want["dtype"].as_str().unwrap(),
+                "{key}"
+            );
+            assert_eq!(serde_json::json!(raw.shape), want["shape"], "{key}");
+            assert_eq!(
+                mmedpo_core::record::fingerprint([raw.data]),
+                want["fnv"].as_str().unwrap(),
+                "{file}: {key} differs from torch's bytes"
+            );
+            n += 1;
+        }
+    }
+    assert_eq!(n, 80);
+    // Both converted layouts load strictly (every key taken, shapes as the config implies).
+    let device = Default::default();
+    for model in ["llava-hf", "llava-med"] {
+        mmedpo_lvlm::load_llava::<mmedpo_core::backend::Cpu>(&dir.join(model), None, &device)
+            .unwrap_or_else(|e| panic!("{model}: {e}"));
+    }
+    let index =
+        std::fs::read_to_string(dir.join("llava-med/model.safetensors.index.json")).unwrap();
+    assert!(
+        index.contains("model-00002-of-00002.safetensors"),
+        "{index}"
+    );
+    // A pickle that calls os.system is refused by name before anything runs.
+    let o = convert_bin(
+        &fixtures.join("evil.bin"),
+        &dir.join("evil.safetensors"),
+        &dir,
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("system, which a state dict never needs"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.join("pwned-by-pickle").exists() && !dir.join("evil.safetensors").exists());
+}

@@ -1,9 +1,14 @@
 """Cross-check (run by hand, never in CI): an adapter trained by `mmedpo train` loads in PEFT and
-gives the pair log-probs that `mmedpo score --adapter` gives.
+gives the pair log-probs that `mmedpo score --adapter` gives; with ADAPTER `none`, a model (e.g. one
+written by `mmedpo merge`) loads in transformers and gives the log-probs `mmedpo score` gives.
 
     mmedpo score --model MODEL --tokenizer models/mistral-tokenizer/tokenizer.json --adapter ADAPTER \
         --data PAIRS.json --image-root data/images --out /tmp/scores.jsonl
     python crates/dpo/tests/golden/check_trained_adapter.py MODEL ADAPTER PAIRS.json data/images /tmp/scores.jsonl
+
+    mmedpo merge --model MODEL --adapter ADAPTER --out MERGED
+    mmedpo score --model MERGED --data PAIRS.json --image-root data/images --out /tmp/merged.jsonl
+    python crates/dpo/tests/golden/check_trained_adapter.py MERGED none PAIRS.json data/images /tmp/merged.jsonl
 
 MODEL is a llava-hf directory (`mmedpo init-model` writes one). Prints the largest difference and
 exits non-zero above 1e-3.
@@ -28,7 +33,7 @@ spec.loader.exec_module(lg)
 
 def main(model_dir, adapter_dir, pairs_path, image_root, scores_path):
     base = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
-    model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    model = (base if adapter_dir == "none" else PeftModel.from_pretrained(base, adapter_dir)).eval()
     vc = base.config.vision_config
     size = vc.image_size
     n_img = (size // vc.patch_size) ** 2
@@ -50,7 +55,7 @@ def main(model_dir, adapter_dir, pairs_path, image_root, scores_path):
             total = sum(float(lp[t - 1, ids[t]]) for t in range(1, len(ids)) if labels[t] != lg.IGNORE)
             ours = scores[json.dumps(p["id"])][f"{branch}_logp"]
             worst = max(worst, abs(total - ours))
-            print(f"{p['id']} {branch}: peft {total:.5f}  mmedpo {ours:.5f}")
+            print(f"{p['id']} {branch}: transformers{'' if adapter_dir == 'none' else ' + peft'} {total:.5f}  mmedpo {ours:.5f}")
     print(f"max |Δ| = {worst:.2e}")
     sys.exit(0 if worst <= 1e-3 else 1)
 

@@ -60,8 +60,10 @@ fn main() -> Result<()> {
             run(cargo().args(["test", "--release", "--workspace"]))
         }
         Some("goldens") => {
-            // In dependency order: the lvlm fixtures use the llm/vision ones, dpo uses lvlm's.
+            // In dependency order: the sample feeds the tokenizer and WordNet goldens, the lvlm
+            // fixtures use the llm/vision ones, dpo uses lvlm's.
             for script in [
+                "data/released-sample/make_sample.py",
                 "crates/llm/tests/golden/make_llm_goldens.py",
                 "crates/llm/tests/golden/make_tokenizer_goldens.py",
                 "crates/llm/tests/golden/make_chat_goldens.py",
@@ -69,6 +71,8 @@ fn main() -> Result<()> {
                 "crates/lvlm/tests/golden/make_llava_goldens.py",
                 "crates/dpo/tests/golden/make_dpo_goldens.py",
                 "crates/eval/tests/golden/make_eval_goldens.py",
+                "crates/eval/tests/golden/make_wordnet_subset.py",
+                "scripts/tests/make_bin_fixtures.py",
                 "crates/medklip/fixture/make_tiny_medklip.py",
             ] {
                 run(python().arg(script))?;

@@ -35,4 +35,16 @@ pub enum Error {
     /// A bad training setting.
     #[error("invalid training setting: {0}")]
     Setting(String),
+    /// A step produced a loss, log-prob or gradient that is not a finite number.
+    #[error(
+        "step {step}: {what} is not finite (pair ids {ids}); nothing of this step was applied"
+    )]
+    NonFinite {
+        /// 1-based optimizer step.
+        step: usize,
+        /// What was not finite, with its value.
+        what: String,
+        /// The ids of the step's pairs.
+        ids: String,
+    },
 }

@@ -85,6 +85,58 @@ pub struct TrainSettings {
     pub stop_after: Option<usize>,
 }
 
+impl TrainSettings {
+    /// Every out-of-range hyperparameter, in one error, before anything is loaded or trained.
+    pub fn validate(&self) -> Result<()> {
+        let mut bad = vec![];
+        let mut positive = |name: &str, v: f64| {
+            if !(v.is_finite() && v > 0.0) {
+                bad.push(format!("{name} = {v} (a finite number > 0)"));
+            }
+        };
+        positive("learning_rate", self.learning_rate);
+        if let Some(p) = self.projector_lr {
+            positive("projector_lr", p);
+        }
+        positive("beta", self.beta);
+        positive("max_grad_norm", self.max_grad_norm);
+        positive("lora alpha", self.lora.lora_alpha);
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            bad.push(format!("warmup_ratio = {} (in [0, 1])", self.warmup_ratio));
+        }
+        if !(0.0..1.0).contains(&self.lora.lora_dropout) {
+            bad.push(format!(
+                "lora dropout = {} (in [0, 1))",
+                self.lora.lora_dropout
+            ));
+        }
+        if !(self.adamw.weight_decay.is_finite() && self.adamw.weight_decay >= 0.0) {
+            bad.push(format!(
+                "weight_decay = {} (a finite number >= 0)",
+                self.adamw.weight_decay
+            ));
+        }
+        for (name, v) in [
+            ("lora r", self.lora.r),
+            ("batch_size", self.batch_size),
+            ("grad_accum", self.grad_accum),
+            ("epochs", self.epochs),
+        ] {
+            if v == 0 {
+                bad.push(format!("{name} = 0 (at least 1)"));
+            }
+        }
+        if self.max_steps == Some(0) {
+            bad.push("max_steps = 0 (at least 1, or unset to train `epochs` passes)".into());
+        }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Setting(bad.join("; ")))
+        }
+    }
+}
+
 /// One optimizer step's metrics, with TRL's names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepLog {
@@ -346,11 +398,7 @@ pub fn train<B: AutodiffBackend>(
     device: &B::Device,
     on_step: &mut dyn FnMut(&StepLog, usize),
 ) -> Result<TrainSummary> {
-    if settings.batch_size == 0 || settings.grad_accum == 0 {
-        return Err(Error::Setting(
-            "batch_size and grad_accum must be at least 1".into(),
-        ));
-    }
+    settings.validate()?;
     let weights = pair_weights(records, settings.weight_mode, settings.weight_stats)?;
     // Validate every pair up front (tokenization, placeholders, image files), listing all problems.
     let problems: Vec<String> = records
@@ -492,6 +540,7 @@ pub fn train<B: AutodiffBackend>(
         B::seed(device, settings.seed.wrapping_add(step as u64));
         let mut acc: BTreeMap<String, Tensor<Inner<B>, 1>> = BTreeMap::new();
         let (mut loss, mut metrics, mut count) = (0.0, [0.0f64; 6], 0usize);
+        let mut step_ids: Vec<String> = vec![];
         for a in 0..settings.grad_accum {
             let micro = step * settings.grad_accum + a;
             let (epoch, pos) = (micro / micro_per_epoch, micro % micro_per_epoch);
@@ -523,6 +572,27 @@ pub fn train<B: AutodiffBackend>(
                 1.0 / settings.grad_accum as f64,
                 device,
             )?;
+            let ids: Vec<String> = idx.iter().map(|&i| records[i].id.to_string()).collect();
+            let non_finite = |what: String| Error::NonFinite {
+                step: step + 1,
+                what,
+                ids: ids.join(", "),
+            };
+            let names = [
+                "policy chosen",
+                "policy rejected",
+                "reference chosen",
+                "reference rejected",
+            ];
+            for (name, values) in names.iter().zip(&g.logps) {
+                if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+                    return Err(non_finite(format!("a {name} log-prob ({v})")));
+                }
+            }
+            if !g.loss.is_finite() {
+                return Err(non_finite(format!("the loss ({})", g.loss)));
+            }
+            step_ids.extend(ids);
             for (k, v) in g.grads {
                 let sum = match acc.remove(&k) {
                     Some(prev) => prev + v,
@@ -551,6 +621,13 @@ pub fn train<B: AutodiffBackend>(
             .map(|g| g.clone().powi_scalar(2).sum().into_scalar().elem::<f64>())
             .sum::<f64>()
             .sqrt();
+        if !norm.is_finite() {
+            return Err(Error::NonFinite {
+                step: step + 1,
+                what: format!("the gradient norm ({norm})"),
+                ids: step_ids.join(", "),
+            });
+        }
         let clip = clip_factor(norm, settings.max_grad_norm);
         let lr = lr_at(settings.learning_rate, step, total, warmup);
         let proj_lr = settings.projector_lr.map(|p| lr_at(p, step, total, warmup));

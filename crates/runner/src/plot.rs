@@ -62,9 +62,14 @@ pub fn plot_training(logs: &[StepLog], path: &Path) -> Result<()> {
     let last = logs.last().map_or(1, |l| l.step) as f64;
     for (area, (title, label, f, color)) in panels.iter().zip(series) {
         let ys: Vec<f64> = logs.iter().map(&f).collect();
+        // Non-finite values are left out of the range and the curve (a NaN range never ends).
         let (mut lo, mut hi) = ys
             .iter()
+            .filter(|y| y.is_finite())
             .fold((f64::MAX, f64::MIN), |(a, b), &y| (a.min(y), b.max(y)));
+        if lo > hi {
+            (lo, hi) = (0.0, 1.0);
+        }
         if (hi - lo).abs() < 1e-12 {
             lo -= 0.5;
             hi += 0.5;
@@ -90,7 +95,10 @@ pub fn plot_training(logs: &[StepLog], path: &Path) -> Result<()> {
         mesh.draw().map_err(|e| anyhow!("{e}"))?;
         chart
             .draw_series(LineSeries::new(
-                logs.iter().zip(&ys).map(|(l, &y)| (l.step as f64, y)),
+                logs.iter()
+                    .zip(&ys)
+                    .filter(|(_, y)| y.is_finite())
+                    .map(|(l, &y)| (l.step as f64, y)),
                 color.stroke_width(2),
             ))
             .map_err(|e| anyhow!("{e}"))?;

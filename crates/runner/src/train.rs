@@ -18,7 +18,8 @@ use mmedpo_llm::Template;
 use mmedpo_lora::config::TargetModules;
 use mmedpo_lora::LoraConfig;
 use mmedpo_lvlm::score::{PairSettings, ScoreMeta};
-use mmedpo_lvlm::{load_llava, save_llava, LlavaConfig};
+use mmedpo_lvlm::{load_llava, save_llava, Layout, LlavaConfig};
+use mmedpo_vision::preprocess::AspectRatio;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{check_vocab, load_tokenizer};
@@ -480,36 +481,26 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
 }
 
-fn run_on<B: AutodiffBackend>(
+/// The library's settings of a resolved config; the image settings and the layout come from the
+/// loaded model.
+fn train_settings(
     config: &TrainConfig,
-    resume: bool,
-    device: &B::Device,
-) -> Result<()> {
-    let template = Template::from_name(&config.template)?;
-    let records = load_records(&config.data)?;
-    let tokenizer = load_tokenizer(&config.model, config.tokenizer.as_deref())?;
-    let loaded = load_llava::<B>(&config.model, config.vision_tower.as_deref(), device)?;
-    check_vocab(&tokenizer, loaded.config.text.vocab_size, &config.model)?;
+    template: Template,
+    aspect: AspectRatio,
+    image_size: u32,
+    layout: Layout,
+) -> TrainSettings {
     let lora = LoraConfig {
         lora_dropout: config.lora.dropout,
         target_modules: config.lora.target_modules.clone(),
         base_model_name_or_path: Some(config.model.display().to_string()),
         ..LoraConfig::new(config.lora.r, config.lora.alpha)
     };
-    let (reference, meta) = match config.dpo.reference.as_str() {
-        "adapter-off" => (Reference::AdapterOff, None),
-        path => (
-            Reference::File(PathBuf::from(path)),
-            Some(ScoreMeta::of(
-                &config.model,
-                config.vision_tower.as_deref(),
-                &config.data,
-                &config.template,
-            )?),
-        ),
+    let reference = match config.dpo.reference.as_str() {
+        "adapter-off" => Reference::AdapterOff,
+        path => Reference::File(PathBuf::from(path)),
     };
-    let image_size = loaded.config.vision.as_ref().map_or(336, |v| v.image_size) as u32;
-    let settings = TrainSettings {
+    TrainSettings {
         lora,
         beta: config.dpo.beta,
         loss_type: config.dpo.loss,
@@ -532,13 +523,45 @@ fn run_on<B: AutodiffBackend>(
         pairs: PairSettings {
             template,
             image_root: config.image_root.clone(),
-            aspect: loaded.config.aspect,
+            aspect,
             image_size,
         },
         reference,
-        layout: loaded.config.layout,
+        layout,
         stop_after: None,
+    }
+}
+
+fn run_on<B: AutodiffBackend>(
+    config: &TrainConfig,
+    resume: bool,
+    device: &B::Device,
+) -> Result<()> {
+    let template = Template::from_name(&config.template)?;
+    // Hyperparameters are checked before anything is read or loaded (the image settings and the
+    // layout, which only the model knows, play no part in the check).
+    train_settings(config, template, AspectRatio::Pad, 336, Layout::Hf).validate()?;
+    let records = load_records(&config.data)?;
+    let tokenizer = load_tokenizer(&config.model, config.tokenizer.as_deref())?;
+    let loaded = load_llava::<B>(&config.model, config.vision_tower.as_deref(), device)?;
+    check_vocab(&tokenizer, loaded.config.text.vocab_size, &config.model)?;
+    let meta = match config.dpo.reference.as_str() {
+        "adapter-off" => None,
+        _ => Some(ScoreMeta::of(
+            &config.model,
+            config.vision_tower.as_deref(),
+            &config.data,
+            &config.template,
+        )?),
     };
+    let image_size = loaded.config.vision.as_ref().map_or(336, |v| v.image_size) as u32;
+    let settings = train_settings(
+        config,
+        template,
+        loaded.config.aspect,
+        image_size,
+        loaded.config.layout,
+    );
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")

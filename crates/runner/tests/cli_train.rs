@@ -215,3 +215,67 @@ fn bad_training_data_is_reported_item_by_item() {
         stderr(&o)
     );
 }
+
+#[test]
+fn bad_hyperparameters_are_listed_before_the_model_loads_and_non_finite_steps_stop() {
+    let model = tiny_llava("hyper");
+    let out = tmp("hyper-out");
+    let base = [
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        "data/default/pairs.json",
+        "--image-root",
+        "data/images",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let mut args = base.to_vec();
+    args.extend([
+        "--learning-rate=-1",
+        "--beta",
+        "0",
+        "--lora-r",
+        "0",
+        "--max-steps",
+        "0",
+        "--lora-alpha",
+        "NaN",
+    ]);
+    let o = mmedpo(&args);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    for want in [
+        "learning_rate = -1",
+        "beta = 0",
+        "lora r = 0",
+        "max_steps = 0",
+        "lora alpha = NaN",
+    ] {
+        assert!(e.contains(want), "{want:?} not in {e}");
+    }
+    assert!(!out.join("adapter").exists());
+    // A weight of 1e308 makes the step's gradients overflow: the run stops at that step, naming it
+    // and its pairs, and writes no adapter.
+    let mut items: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(root().join("data/default/pairs.json")).unwrap(),
+    )
+    .unwrap();
+    for item in &mut items {
+        item["weighted_score"] = 1e308.into();
+    }
+    let data = out.join("huge.json");
+    std::fs::write(&data, serde_json::to_string(&items).unwrap()).unwrap();
+    let mut args = base.to_vec();
+    args[4] = data.to_str().unwrap();
+    args.extend(["--max-steps", "2", "--batch-size", "2", "--grad-accum", "1"]);
+    let o = mmedpo(&args);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("step 1: ") && e.contains("is not finite (pair ids "),
+        "{e}"
+    );
+    assert!(!out.join("adapter").exists());
+}

@@ -208,11 +208,15 @@ fn run_on<B: Backend>(args: &VisualArgs, device: &B::Device) -> Result<()> {
         let mut loaded: Vec<(&(String, Vec<&PreferenceRecord>), DynamicImage)> = Vec::new();
         for g in batch {
             let path = args.image_root.join(&g.0);
-            match image::open(&path) {
+            match mmedpo_vision::preprocess::open_image(&path) {
                 Ok(img) => loaded.push((g, img)),
                 Err(e) => {
+                    let why = match e {
+                        mmedpo_vision::Error::Image { message, .. } => message,
+                        e => e.to_string(),
+                    };
                     for r in &g.1 {
-                        unreadable.push((r.id.to_string(), path.clone(), e.to_string()));
+                        unreadable.push((r.id.to_string(), path.clone(), why.clone()));
                         bar.inc(1);
                     }
                 }
@@ -284,7 +288,7 @@ fn run_on<B: Backend>(args: &VisualArgs, device: &B::Device) -> Result<()> {
     std::fs::rename(&tmp, &out_file)?;
 
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    eprintln!(
+    note!(
         "{} visual pairs in {} ({} items, {} unreadable); this run: {images_done} distinct images and \
          {items_done} noised images in {secs:.1} s ({:.1} pairs/s); confidence mean {:.3}, noised area mean {:.1}%",
         out.len(),
@@ -296,9 +300,9 @@ fn run_on<B: Backend>(args: &VisualArgs, device: &B::Device) -> Result<()> {
         100.0 * mean(&coverage),
     );
     if !unreadable.is_empty() {
-        eprintln!("unreadable images (items left out; fix them and run again to add them):");
+        note!("unreadable images (items left out; fix them and run again to add them):");
         for (id, path, e) in &unreadable {
-            eprintln!("  item {id}: {}: {e}", path.display());
+            note!("  item {id}: {}: {e}", path.display());
         }
     }
     Ok(())

@@ -39,11 +39,38 @@ pub enum AspectRatio {
 
 /// Reads an image file as 8-bit RGB (grayscale is replicated, like PIL's `convert("RGB")`).
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let img = image::open(path).map_err(|e| Error::Image {
+    Ok(open_image(path)?.to_rgb8())
+}
+
+/// The largest image side [`open_image`] decodes. Scans in the Med-VQA sets are at most a few
+/// thousand pixels a side; LLaVA pads to a square of the longer side, so a 1 × 60,000 strip would
+/// otherwise become a 10.8 GB canvas.
+pub const MAX_IMAGE_SIDE: u32 = 8192;
+
+/// Decodes an image file, refusing before anything is allocated what is not a regular file (a FIFO
+/// would block forever) and what the header says is larger than [`MAX_IMAGE_SIDE`] a side.
+pub fn open_image(path: &Path) -> Result<image::DynamicImage> {
+    let bad = |message: String| Error::Image {
         path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    Ok(img.to_rgb8())
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    let mut reader = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| bad(e.to_string()))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    reader.limits(limits);
+    reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => bad(format!(
+            "larger than {MAX_IMAGE_SIDE} pixels on a side ({e}); downscale it first"
+        )),
+        e => bad(e.to_string()),
+    })
 }
 
 /// `expand2square`: pads to a square with `color`, the image centred.
@@ -266,6 +293,38 @@ pub fn pixel_values<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oversized_images_and_non_files_are_refused_before_decoding() {
+        let dir = std::env::temp_dir().join(format!("mmedpo-vision-open-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A 1 x 60,000 strip: a few hundred bytes of PNG, a 10.8 GB square once padded.
+        let strip = dir.join("strip.png");
+        image::GrayImage::new(1, 60_000).save(&strip).unwrap();
+        assert!(std::fs::metadata(&strip).unwrap().len() < 100_000);
+        let e = open_image(&strip).unwrap_err().to_string();
+        assert!(
+            e.contains("strip.png") && e.contains("larger than 8192"),
+            "{e}"
+        );
+        let fifo = dir.join("x.png");
+        let _ = std::fs::remove_file(&fifo);
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let e = open_image(&fifo).unwrap_err().to_string();
+        assert!(
+            e.contains("x.png") && e.contains("not a regular file"),
+            "{e}"
+        );
+        let e = open_image(&dir.join("none.png")).unwrap_err().to_string();
+        assert!(e.contains("none.png"), "{e}");
+        let ok = dir.join("ok.png");
+        image::GrayImage::new(3, 2).save(&ok).unwrap();
+        assert_eq!(load_rgb(&ok).unwrap().dimensions(), (3, 2));
+    }
 
     #[test]
     fn expand_to_square_centres_like_llava() {

@@ -247,9 +247,31 @@ impl HfConfig {
         if self.hidden_act != "silu" {
             return Err(unsupported("hidden_act", self.hidden_act, "\"silu\""));
         }
+        // Sizes are checked before anything is allocated: a typo like 10,000,000 layers must be an
+        // error, not a 5 GB allocation. The bounds are far above any published decoder.
+        for (field, value, max) in [
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 10),
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("intermediate_size", self.intermediate_size, 1 << 18),
+            ("vocab_size", self.vocab_size, 1 << 22),
+            ("num_attention_heads", self.num_attention_heads, 1 << 10),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 24,
+            ),
+        ] {
+            if value == 0 || value > max {
+                return Err(unsupported(
+                    field,
+                    value.to_string(),
+                    &format!("1 to {max}"),
+                ));
+            }
+        }
         let heads = self.num_attention_heads;
         let kv_heads = self.num_key_value_heads.unwrap_or(heads);
-        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             return Err(unsupported(
                 "num_key_value_heads",
                 kv_heads.to_string(),
@@ -257,6 +279,9 @@ impl HfConfig {
             ));
         }
         let head_dim = match self.head_dim {
+            Some(d) if d == 0 || d > 1 << 12 => {
+                return Err(unsupported("head_dim", d.to_string(), "1 to 4096"))
+            }
             Some(d) => d,
             None if self.hidden_size.is_multiple_of(heads) => self.hidden_size / heads,
             None => {
@@ -436,6 +461,31 @@ mod tests {
         assert_eq!(cfg.eos_token_ids, vec![128001, 128009]);
         assert_eq!(cfg.head_dim, 16);
         assert!(matches!(cfg.rope_scaling, RopeScaling::Llama3 { .. }));
+    }
+
+    #[test]
+    fn absurd_sizes_and_zero_heads_are_refused_by_name_before_allocating() {
+        for (from, to, field) in [
+            (
+                "\"num_hidden_layers\": 32",
+                "\"num_hidden_layers\": 10000000",
+                "num_hidden_layers",
+            ),
+            (
+                "\"num_attention_heads\": 32",
+                "\"num_attention_heads\": 0",
+                "num_attention_heads",
+            ),
+            ("\"vocab_size\": 32000", "\"vocab_size\": 0", "vocab_size"),
+        ] {
+            assert!(MISTRAL.contains(from), "{from}");
+            let err = HfConfig::from_json(&MISTRAL.replace(from, to))
+                .unwrap()
+                .into_runtime()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("{field} = ")), "{err}");
+        }
     }
 
     #[test]

@@ -141,6 +141,21 @@ impl ClipVisionConfig {
                 path: "vision_config".into(),
                 cause,
             })?;
+        // Sizes are bounded before anything is allocated (far above any published CLIP).
+        for (field, value, max) in [
+            ("num_hidden_layers", cfg.num_hidden_layers, 1 << 8),
+            ("hidden_size", cfg.hidden_size, 1 << 14),
+            ("intermediate_size", cfg.intermediate_size, 1 << 16),
+            ("image_size", cfg.image_size, 1 << 12),
+        ] {
+            if value == 0 || value > max {
+                return Err(Error::UnsupportedConfig {
+                    field: field.into(),
+                    value: value.to_string(),
+                    expected: format!("1 to {max}"),
+                });
+            }
+        }
         if cfg.patch_size == 0 || !cfg.image_size.is_multiple_of(cfg.patch_size) {
             return Err(Error::UnsupportedConfig {
                 field: "patch_size".into(),

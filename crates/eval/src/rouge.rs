@@ -18,28 +18,51 @@ fn words(sentence: &str) -> Vec<&str> {
 }
 
 /// The words of the LCS of `x` (reference) and `y` (prediction), reconstructed like `_recon_lcs`.
+///
+/// The package keeps the whole length table to walk it back; the walk only asks, at each cell,
+/// whether the words match and else whether the cell above is larger than the one to the left.
+/// Those answers are fixed during the forward pass, so two rows of lengths and two bits per cell
+/// (n·m/4 bytes instead of 8·n·m) give the same walk and the same words.
 fn recon_lcs<'a>(x: &[&'a str], y: &[&str]) -> Vec<&'a str> {
+    const DIAG: u8 = 0;
+    const UP: u8 = 1;
+    const LEFT: u8 = 2;
     let (n, m) = (x.len(), y.len());
-    let mut t = vec![vec![0usize; m + 1]; n + 1];
+    let mut dirs = vec![0u8; (n * m).div_ceil(4)];
+    let set = |dirs: &mut [u8], i: usize, j: usize, d: u8| {
+        let k = i * m + j;
+        dirs[k / 4] |= d << (2 * (k % 4));
+    };
+    let get = |dirs: &[u8], i: usize, j: usize| {
+        let k = i * m + j;
+        (dirs[k / 4] >> (2 * (k % 4))) & 3
+    };
+    let (mut prev, mut row) = (vec![0u32; m + 1], vec![0u32; m + 1]);
     for i in 1..=n {
+        row[0] = 0;
         for j in 1..=m {
-            t[i][j] = if x[i - 1] == y[j - 1] {
-                t[i - 1][j - 1] + 1
+            let (value, d) = if x[i - 1] == y[j - 1] {
+                (prev[j - 1] + 1, DIAG)
+            } else if prev[j] > row[j - 1] {
+                (prev[j], UP)
             } else {
-                t[i - 1][j].max(t[i][j - 1])
+                (row[j - 1], LEFT)
             };
+            row[j] = value;
+            set(&mut dirs, i - 1, j - 1, d);
         }
+        std::mem::swap(&mut prev, &mut row);
     }
     let (mut i, mut j, mut out) = (n, m, vec![]);
     while i > 0 && j > 0 {
-        if x[i - 1] == y[j - 1] {
-            out.push(x[i - 1]);
-            i -= 1;
-            j -= 1;
-        } else if t[i - 1][j] > t[i][j - 1] {
-            i -= 1;
-        } else {
-            j -= 1;
+        match get(&dirs, i - 1, j - 1) {
+            DIAG => {
+                out.push(x[i - 1]);
+                i -= 1;
+                j -= 1;
+            }
+            UP => i -= 1,
+            _ => j -= 1,
         }
     }
     out.reverse();

@@ -54,12 +54,19 @@ pub struct Prediction {
     pub answer_type: Option<String>,
 }
 
-/// Scores × 100, as the paper reports them.
+/// The longest prediction or reference `score` takes for reports: a report of the test sets has a
+/// few hundred words, and ROUGE-L's table of two 20,000-word texts is 100 MB.
+pub const MAX_REPORT_WORDS: usize = 20_000;
+
+/// Scores × 100, as the paper reports them; a metric without items is null.
 pub fn score(
     task: Task,
     preds: &[Prediction],
     wordnet: Option<&Path>,
 ) -> Result<serde_json::Value> {
+    if preds.is_empty() {
+        bail!("no predictions to score: a metric of nothing is not 0");
+    }
     match task {
         Task::Vqa => {
             let (mut closed, mut open) = (vec![], vec![]);
@@ -77,19 +84,27 @@ pub fn score(
                     ),
                 }
             }
-            let mean = |v: &[f64]| {
-                if v.is_empty() {
-                    0.0
-                } else {
-                    100.0 * v.iter().sum::<f64>() / v.len() as f64
-                }
-            };
+            // A kind of question the test set does not have has no score (null), not 0.
+            let mean =
+                |v: &[f64]| (!v.is_empty()).then(|| 100.0 * v.iter().sum::<f64>() / v.len() as f64);
             Ok(serde_json::json!({
                 "task": "vqa", "closed_accuracy": mean(&closed), "open_recall": mean(&open),
                 "closed_count": closed.len(), "open_count": open.len(),
             }))
         }
         Task::Report => {
+            for p in preds {
+                for (field, text) in [("prediction", &p.prediction), ("reference", &p.reference)] {
+                    let words = text.split_whitespace().count();
+                    if words > MAX_REPORT_WORDS {
+                        bail!(
+                            "item {}: {field} has {words} words, more than the {MAX_REPORT_WORDS} \
+                             the report metrics take (ROUGE-L's table grows with the product of the lengths)",
+                            p.id
+                        );
+                    }
+                }
+            }
             let wn = WordNet::open(wordnet)?;
             let n = preds.len().max(1) as f64;
             let mut sums = [0f64; 7];
@@ -155,7 +170,7 @@ pub struct MetricsArgs {
 /// Runs `mmedpo metrics`.
 pub fn metrics(args: MetricsArgs) -> Result<()> {
     let preds = read_predictions(&args.predictions)?;
-    println!(
+    say!(
         "{}",
         serde_json::to_string_pretty(&score(args.task, &preds, args.wordnet.as_deref())?)?
     );
@@ -326,7 +341,7 @@ fn read_items(path: &Path, task: Task) -> Result<Vec<Item>> {
 }
 
 fn table(task: Task, m: &serde_json::Value) -> String {
-    let f = |k: &str| m[k].as_f64().map_or("-".into(), |x| format!("{x:.2}"));
+    let f = |k: &str| m[k].as_f64().map_or("n/a".into(), |x| format!("{x:.2}"));
     match task {
         Task::Vqa => format!(
             "| Open (recall) | Closed (accuracy) |\n|---|---|\n| {} | {} |\n",
@@ -483,8 +498,8 @@ fn run_on<B: Backend>(args: &EvalArgs, device: &B::Device) -> Result<()> {
     )?;
     let md = table(task, &metrics);
     std::fs::write(out.join("table.md"), &md)?;
-    println!("{md}");
-    eprintln!(
+    say!("{md}");
+    note!(
         "predictions: {}\nmetrics:     {}",
         pred_path.display(),
         out.join("metrics.json").display()
@@ -515,13 +530,14 @@ fn compare(a: &Path, b: &Path) -> Result<()> {
             "bleu", "bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "meteor",
         ]
     };
-    println!("| metric | A | B | B − A |\n|---|---|---|---|");
+    say!("| metric | A | B | B − A |\n|---|---|---|---|");
     for k in keys {
-        let (x, y) = (
-            ma[*k].as_f64().unwrap_or(f64::NAN),
-            mb[*k].as_f64().unwrap_or(f64::NAN),
-        );
-        println!("| {k} | {x:.2} | {y:.2} | {:+.2} |", y - x);
+        let cell = |v: Option<f64>| v.map_or("n/a".to_string(), |x| format!("{x:.2}"));
+        let (x, y) = (ma[*k].as_f64(), mb[*k].as_f64());
+        let diff = x
+            .zip(y)
+            .map_or("n/a".to_string(), |(x, y)| format!("{:+.2}", y - x));
+        say!("| {k} | {} | {} | {diff} |", cell(x), cell(y));
     }
     Ok(())
 }

@@ -201,3 +201,57 @@ fn eval_generates_scores_resumes_and_compares() {
         stderr(&o)
     );
 }
+
+#[test]
+fn metrics_refuse_nothing_and_huge_reports_and_leave_absent_kinds_null() {
+    let dir = tmp("metrics-edge");
+    let empty = dir.join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let o = mmedpo(&[
+        "metrics",
+        "--task",
+        "vqa",
+        "--predictions",
+        empty.to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("no predictions"),
+        "{}",
+        stderr(&o)
+    );
+    let closed = dir.join("closed.jsonl");
+    std::fs::write(
+        &closed,
+        r#"{"id": 1, "prediction": "yes", "reference": "yes", "answer_type": "CLOSED"}"#,
+    )
+    .unwrap();
+    let m = json_out(mmedpo(&[
+        "metrics",
+        "--task",
+        "vqa",
+        "--predictions",
+        closed.to_str().unwrap(),
+    ]));
+    assert_eq!(m["closed_accuracy"], 100.0);
+    assert!(m["open_recall"].is_null(), "{m}");
+    // 30,000 words: refused by item and field, in bounded time and memory.
+    let huge = dir.join("huge.jsonl");
+    let text = vec!["lung"; 30_000].join(" ");
+    std::fs::write(
+        &huge,
+        serde_json::json!({"id": "r7", "prediction": "ok", "reference": text}).to_string(),
+    )
+    .unwrap();
+    let o = mmedpo(&[
+        "metrics",
+        "--task",
+        "report",
+        "--predictions",
+        huge.to_str().unwrap(),
+        "--wordnet",
+        wordnet_subset().to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("item \"r7\": reference has 30000 words"), "{e}");
+}

@@ -146,3 +146,38 @@ fn assemble_merges_weights_and_shuffles_reproducibly() {
         stderr(&o)
     );
 }
+
+#[test]
+fn the_api_key_never_reaches_the_log_even_at_trace_level() {
+    let a = serve("{\"score\": 0.6}");
+    let dir = tmp("relevance-trace");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mmedpo"))
+        .args([
+            "score-relevance",
+            "--data",
+            "data/default/pairs.json",
+            "--agent",
+            &format!("openai={a}@med42"),
+            "--api-key-env",
+            "MMEDPO_TEST_TRACE_KEY",
+            "--timeout",
+            "10",
+            "--out",
+            dir.join("scored.json").to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "trace")
+        .env("MMEDPO_TEST_TRACE_KEY", "sk-trace-secret-987")
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("TRACE") && log.contains("request"),
+        "the log ran at trace level: {log}"
+    );
+    assert!(
+        !log.contains("sk-trace-secret-987"),
+        "the key is in the log"
+    );
+}

@@ -85,6 +85,17 @@ impl HttpAgent {
         body.to_string()
     }
 
+    /// `text` with the API key replaced by `<redacted>`: a server may quote the key back (in an
+    /// error body, or in a reply), and what the agent returns ends up in logs and transcripts.
+    fn redact(&self, text: String) -> String {
+        match &self.api_key {
+            Some(key) if !key.is_empty() && text.contains(key.as_str()) => {
+                text.replace(key.as_str(), "<redacted>")
+            }
+            _ => text,
+        }
+    }
+
     /// One attempt: `Ok(content)`, or `Err((retryable, message, retry_after))`.
     fn attempt(&self, body: &str) -> Result<String, (bool, String, Option<Duration>)> {
         let mut req = self
@@ -152,12 +163,13 @@ impl Agent for HttpAgent {
 
     fn complete(&self, messages: &[Message]) -> Result<String, String> {
         let body = self.body(messages);
+        tracing::trace!(agent = %self.name(), bytes = body.len(), "request");
         let mut last = String::new();
         for attempt in 0..=self.max_retries {
             match self.attempt(&body) {
-                Ok(content) => return Ok(content),
+                Ok(content) => return Ok(self.redact(content)),
                 Err((retryable, msg, retry_after)) => {
-                    last = msg;
+                    last = self.redact(msg);
                     if !retryable || attempt == self.max_retries {
                         break;
                     }

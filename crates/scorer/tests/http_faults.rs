@@ -17,6 +17,7 @@ enum Fault {
     TooMany,
     Garbage,
     Content(&'static str),
+    Raw(u16, &'static str),
 }
 
 struct Server {
@@ -47,6 +48,7 @@ fn serve(max_requests: usize, slow: Duration) -> Server {
             },
             Fault::Garbage => StubReply::raw(200, "<html>oops</html>"),
             Fault::Content(c) => StubReply::content(c),
+            Fault::Raw(status, body) => StubReply::raw(status, body),
         }
     });
     Server {
@@ -87,6 +89,25 @@ fn timeouts_500s_and_429s_are_retried_and_the_key_is_sent_but_never_shown() {
         .to_ascii_lowercase()
         .contains("authorization: bearer sk-secret-123"));
     assert!(seen[3].contains("\"model\":\"med42\""));
+}
+
+#[test]
+fn a_key_quoted_back_by_the_server_is_redacted() {
+    std::env::set_var("MMEDPO_TEST_JUDGE_KEY", "sk-secret-123");
+    let server = serve(50, Duration::from_millis(10));
+    server.faults.lock().unwrap().extend([
+        Fault::Raw(401, r#"{"error": "invalid api key sk-secret-123"}"#),
+        Fault::Content("your key is sk-secret-123; score 0.5"),
+    ]);
+    let a = agent(&server.url, "m");
+    let err = a.complete(&[Message::user("x")]).unwrap_err();
+    assert!(
+        err.contains("HTTP 401") && err.contains("<redacted>"),
+        "{err}"
+    );
+    assert!(!err.contains("sk-secret-123"), "{err}");
+    let reply = a.complete(&[Message::user("x")]).unwrap();
+    assert_eq!(reply, "your key is <redacted>; score 0.5");
 }
 
 #[test]

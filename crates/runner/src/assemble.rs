@@ -59,7 +59,7 @@ pub fn run(args: AssembleArgs) -> Result<()> {
         .with_context(|| format!("writing {}", args.out.display()))?;
     let visual = out.iter().filter(|r| r.rejected_image.is_some()).count();
     let mean = weights.iter().sum::<f64>() / weights.len().max(1) as f64;
-    eprintln!(
+    note!(
         "{} pairs ({} text, {visual} visual) written to {}; weights {:?}, mean {mean:.3}",
         out.len(),
         out.len() - visual,

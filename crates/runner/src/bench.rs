@@ -201,13 +201,13 @@ fn bench_llm<B: Backend>(
         "prefill_tokens_per_s": prefill_tps, "decode_tokens_per_s": decode_tps,
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     });
-    println!(
+    say!(
         "{backend:?}: {:.1}M params, batch {batch}: prefill {prefill_tps:.1} tokens/s ({prompt_len} tokens in {:.3} s), \
          decode {decode_tps:.2} tokens/s",
         config.num_parameters() as f64 / 1e6,
         prefill
     );
-    println!("{result}");
+    say!("{result}");
     Ok(())
 }
 
@@ -226,11 +226,11 @@ fn bench_matmul<B: Backend>(
     }
     let secs = start.elapsed().as_secs_f64() / reps as f64;
     let gflops = 2.0 * (size as f64).powi(3) / secs / 1e9;
-    println!(
+    say!(
         "{backend:?}: {size}x{size} matmul {:.2} ms, {gflops:.1} GFLOP/s (checksum {check:?})",
         secs * 1e3
     );
-    println!(
+    say!(
         "{}",
         serde_json::json!({"bench": "matmul", "backend": format!("{backend:?}"), "size": size, "ms": secs * 1e3, "gflops": gflops})
     );
@@ -303,7 +303,7 @@ fn bench_visual<B: Backend>(
     let n = (batches * batch) as f64;
     let total: f64 = stage.iter().sum();
     let per = |s: f64| 1e3 * s / n;
-    println!(
+    say!(
         "{backend:?}, MedKLIP = {}: {n} images of {size}x{size}, batch {batch}, noise {}: {:.2} images/s \
          (ms/image: preprocess {:.2}, MedKLIP {:.2}, heatmap+mask {:.2}, noise {:.2}, PNG {:.2})",
         mmedpo_medklip::model::SOURCE,
@@ -315,7 +315,7 @@ fn bench_visual<B: Backend>(
         per(stage[3]),
         per(stage[4]),
     );
-    println!(
+    say!(
         "{}",
         serde_json::json!({"bench": "visual", "backend": format!("{backend:?}"), "medklip": mmedpo_medklip::model::SOURCE,
             "size": size, "images": n, "batch": batch, "noise": mode.name(), "images_per_s": n / total,

@@ -285,7 +285,7 @@ fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<()> {
     std::fs::write(&tmp, serde_json::to_string_pretty(&out)? + "\n")
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
-    eprintln!(
+    note!(
         "{} text pairs in {}: {picked} picked from the model's answers, {} written by the judge; \
          {} item(s) without a usable verdict{}",
         out.len(),
@@ -298,7 +298,7 @@ fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<()> {
             format!(" (run again to retry): {}", failed.join(", "))
         }
     );
-    eprintln!(
+    note!(
         "transcripts: {}\nnext: mmedpo score-relevance --data {} --agent ... --out SCORED.json",
         transcript_path.display(),
         args.out.display()

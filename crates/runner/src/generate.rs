@@ -138,9 +138,9 @@ fn print_result(tokenizer: &Tokenizer, out: &Generation, json: bool) -> Result<(
         decode_ms = out.decode.as_millis() as u64,
         "generated"
     );
-    println!("{text}");
+    say!("{text}");
     if json {
-        println!("{}", serde_json::json!({ "ids": ids, "text": text }));
+        say!("{}", serde_json::json!({ "ids": ids, "text": text }));
     }
     Ok(())
 }

@@ -1,6 +1,23 @@
 //! `mmedpo`: the command-line front door. Parses arguments, picks the backend, calls the library
 //! crates. `anyhow` and the tracing setup live here and nowhere else.
 
+/// `eprintln!` that never panics: a closed stderr (`mmedpo train … 2>&1 | head -1`) must not end
+/// a job; what cannot be written is dropped.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `println!` likewise for stdout.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod assemble;
 mod bench;
 mod common;
@@ -106,12 +123,37 @@ macro_rules! with_backend {
     }};
 }
 
+/// The log writer: stderr, ignoring write errors (tracing-subscriber reports a failed write with
+/// `eprintln!`, which panics when stderr is closed).
+struct QuietStderr;
+
+impl std::io::Write for QuietStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // The HTTP stack's own trace output dumps request bytes, the judge's API key among
+            // them: it is capped at warn whatever RUST_LOG says.
+            ["ureq", "ureq_proto", "rustls"].into_iter().fold(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info".into()),
+                |filter, target| match format!("{target}=warn").parse() {
+                    Ok(directive) => filter.add_directive(directive),
+                    Err(_) => filter,
+                },
+            ),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| QuietStderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
@@ -133,7 +175,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            note!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }

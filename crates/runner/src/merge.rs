@@ -116,7 +116,7 @@ pub fn run(args: MergeArgs) -> Result<()> {
         std::fs::copy(t, &to)
             .with_context(|| format!("copying {} to {}", t.display(), to.display()))?;
     }
-    eprintln!(
+    note!(
         "merged {} adapted weight(s) into {} ({:?} layout, {} tensor(s) copied unchanged, {:.1} MB in {} file(s)); also copied: {}",
         report.merged,
         args.out.display(),

@@ -233,7 +233,7 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&out)?)
         .with_context(|| format!("writing {}", args.out.display()))?;
-    eprintln!(
+    note!(
         "{} pairs: {} scored ({} by consensus), {} without any score",
         out.len(),
         out.len() - failed.len(),
@@ -242,7 +242,7 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
     );
     let max = hist.iter().copied().max().unwrap_or(1).max(1);
     for (i, n) in hist.iter().enumerate() {
-        eprintln!(
+        note!(
             "  {:.1} | {:<40} {n}",
             i as f64 / 10.0,
             "#".repeat(n * 40 / max)
@@ -257,16 +257,16 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
         ),
         &png,
     ) {
-        Ok(()) => eprintln!("histogram: {}", png.display()),
+        Ok(()) => note!("histogram: {}", png.display()),
         Err(e) => tracing::warn!("no histogram PNG: {e}"),
     }
     if !failed.is_empty() {
-        eprintln!(
+        note!(
             "no score (weighted_score left as it was): {}",
             failed.join(", ")
         );
     }
-    eprintln!(
+    note!(
         "written: {}\ntranscripts: {}",
         args.out.display(),
         transcript_path.display()

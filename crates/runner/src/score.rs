@@ -183,9 +183,9 @@ fn run_on<B: Backend>(args: &ScoreArgs, device: &B::Device) -> Result<()> {
         let path = PathBuf::from(format!("{}.rejects.jsonl", args.out.display()));
         let text: String = rejects.iter().map(|r| format!("{r}\n")).collect();
         std::fs::write(&path, text)?;
-        eprintln!("{} item(s) skipped; see {}", rejects.len(), path.display());
+        note!("{} item(s) skipped; see {}", rejects.len(), path.display());
     }
-    eprintln!("scored {} pair(s) into {}", todo.len(), args.out.display());
+    note!("scored {} pair(s) into {}", todo.len(), args.out.display());
     Ok(())
 }
 

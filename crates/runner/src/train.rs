@@ -591,7 +591,7 @@ fn run_on<B: AutodiffBackend>(
         tracing::warn!("no plot: {e:#}");
     }
     let last = summary.logs.last();
-    eprintln!(
+    note!(
         "trained {} step(s){} on {} pair(s): final loss {:.4}, reward margin {:+.3}, reward accuracy {:.2}",
         summary.total_steps,
         if summary.resumed_from > 0 { format!(" (resumed at {})", summary.resumed_from) } else { String::new() },
@@ -600,10 +600,10 @@ fn run_on<B: AutodiffBackend>(
         last.map_or(f64::NAN, |l| l.rewards_margins),
         last.map_or(f64::NAN, |l| l.rewards_accuracies),
     );
-    eprintln!("adapter (PEFT): {}", summary.adapter_dir.display());
-    eprintln!("log (JSONL):    {}", summary.log_path.display());
-    eprintln!("plot:           {}", plot.display());
-    eprintln!(
+    note!("adapter (PEFT): {}", summary.adapter_dir.display());
+    note!("log (JSONL):    {}", summary.log_path.display());
+    note!("plot:           {}", plot.display());
+    note!(
         "config:         {}",
         config.out.join("train_config.toml").display()
     );
@@ -657,7 +657,7 @@ pub fn init_model(args: InitModelArgs) -> Result<()> {
             copy(&tokenizer_config, "tokenizer_config.json")?;
         }
     }
-    eprintln!(
+    note!(
         "random LLaVA ({} text layers, {} image tokens) written to {}{}",
         config.text.num_hidden_layers,
         config.image_tokens(),

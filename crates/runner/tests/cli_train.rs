@@ -279,3 +279,42 @@ fn bad_hyperparameters_are_listed_before_the_model_loads_and_non_finite_steps_st
     );
     assert!(!out.join("adapter").exists());
 }
+
+#[test]
+fn a_closed_stderr_and_stdout_do_not_end_training() {
+    use std::process::{Command, Stdio};
+    let model = tiny_llava("closed");
+    let out = tmp("closed-out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mmedpo"))
+        .args([
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            "data/default/pairs.json",
+            "--image-root",
+            "data/images",
+            "--out",
+            out.to_str().unwrap(),
+            "--lora-r",
+            "2",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "1",
+        ])
+        .env("RUST_LOG", "info")
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // As `mmedpo train … 2>&1 | head -1` once head has exited: every write fails with EPIPE.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(out.join("adapter/adapter_model.safetensors").is_file());
+}

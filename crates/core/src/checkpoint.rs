@@ -390,6 +390,14 @@ impl Checkpoint {
         // in) bf16/f16 storage.
         let data = TensorData::from_bytes_vec(view.data().to_vec(), shape.to_vec(), dtype)
             .convert::<B::FloatElem>();
+        // A NaN or infinite weight makes every output NaN, far from where it came from.
+        if let Some((i, v)) = data.iter::<f32>().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::Tensor {
+                path: path.clone(),
+                key: key.into(),
+                message: format!("element {i} is {v}: not a finite number (a corrupt or overflowed checkpoint)"),
+            });
+        }
         *self
             .report
             .dtypes
@@ -704,6 +712,28 @@ mod tests {
         assert_eq!(plan_shards(&[], 10), Vec::<std::ops::Range<usize>>::new());
         assert_eq!(shard_name(0, 1), "model.safetensors");
         assert_eq!(shard_name(1, 3), "model-00002-of-00003.safetensors");
+    }
+
+    #[test]
+    fn a_non_finite_weight_is_refused_at_load_naming_the_tensor() {
+        let dir = std::env::temp_dir().join(format!("mmedpo-core-nan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_safetensors(
+            &dir.join("model.safetensors"),
+            &[
+                ("ok".into(), vec![2], vec![1.0, 2.0]),
+                ("w".into(), vec![3], vec![1.0, f32::NAN, 3.0]),
+            ],
+        )
+        .unwrap();
+        let mut ck = Checkpoint::open(&dir).unwrap();
+        let device = Default::default();
+        ck.take::<crate::backend::Cpu, 1>("ok", [2], &device).unwrap();
+        let e = ck
+            .take::<crate::backend::Cpu, 1>("w", [3], &device)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("w") && e.contains("element 1 is NaN"), "{e}");
     }
 
     #[test]

@@ -302,15 +302,21 @@ fn read_items(path: &Path, task: Task) -> Result<Vec<Item>> {
                 "report"
             });
         }
-        if task == Task::Vqa
-            && !matches!(
-                answer_type.as_deref().map(str::to_uppercase).as_deref(),
-                Some("CLOSED") | Some("OPEN")
-            )
-        {
-            missing.push("answer_type (CLOSED or OPEN)");
+        let mut problems: Vec<String> = vec![];
+        if task == Task::Vqa {
+            match answer_type.as_deref().map(str::to_uppercase).as_deref() {
+                Some("CLOSED") | Some("OPEN") => {}
+                Some(_) => problems.push(format!(
+                    "answer_type {:?} is not CLOSED or OPEN",
+                    answer_type.as_deref().unwrap_or_default()
+                )),
+                None => missing.push("answer_type (CLOSED or OPEN)"),
+            }
         }
-        if missing.is_empty() {
+        if !missing.is_empty() {
+            problems.insert(0, format!("missing {}", missing.join(", ")));
+        }
+        if problems.is_empty() {
             items.push(Item {
                 id,
                 image: image.unwrap_or_default(),
@@ -323,10 +329,7 @@ fn read_items(path: &Path, task: Task) -> Result<Vec<Item>> {
                 answer_type,
             });
         } else {
-            bad.push(format!(
-                "item {id} (index {i}): missing {}",
-                missing.join(", ")
-            ));
+            bad.push(format!("item {id} (index {i}): {}", problems.join("; ")));
         }
     }
     if !bad.is_empty() {

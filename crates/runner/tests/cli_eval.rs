@@ -255,3 +255,24 @@ fn metrics_refuse_nothing_and_huge_reports_and_leave_absent_kinds_null() {
     let e = stderr(&o);
     assert!(e.contains("item \"r7\": reference has 30000 words"), "{e}");
 }
+
+#[test]
+fn a_bad_answer_type_is_named_as_bad_not_missing() {
+    let dir = tmp("eval-maybe");
+    let test = dir.join("test.json");
+    std::fs::write(
+        &test,
+        r#"[{"question_id": 1, "image": "ct-small.png", "question": "Is it?", "answer": "yes", "answer_type": "maybe"},
+            {"question_id": 2, "image": "ct-small.png", "question": "Is it?", "answer": "yes"}]"#,
+    )
+    .unwrap();
+    let o = mmedpo(&[
+        "eval", "--model", "crates/lvlm/tests/golden/tiny-llava-hf", "--tokenizer",
+        "models/mistral-tokenizer/tokenizer.json", "--data", test.to_str().unwrap(),
+        "--image-root", "data/images", "--task", "vqa", "--out", dir.join("o").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains(r#"item 1 (index 0): answer_type "maybe" is not CLOSED or OPEN"#), "{e}");
+    assert!(e.contains("item 2 (index 1): missing answer_type"), "{e}");
+}

@@ -191,7 +191,10 @@ fn parse_file(
     fill_rejected: bool,
 ) -> Result<(Vec<PreferenceRecord>, Vec<ItemProblem>)> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|cause| Error::Json {
+    // A UTF-8 byte-order mark (Windows editors write one) is not JSON; it is skipped, as Python's
+    // `utf-8-sig` does.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|cause| Error::Json {
         path: path.to_path_buf(),
         cause,
     })?;
@@ -318,6 +321,13 @@ mod tests {
             msg.contains("CXR1_IM-1/0.png") && msg.contains("conversations[0] has no <image>"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let path = write("bom", "\u{feff}[]");
+        assert_eq!(std::fs::read(&path).unwrap()[..3], [0xef, 0xbb, 0xbf]);
+        assert!(read_records(&path).unwrap().is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! lost, and the output file (written at the end, in input order) is the same as an uninterrupted
 //! run's. Pairs for which no agent gave a score keep their old `weighted_score` and are listed.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -110,6 +111,18 @@ pub fn parse_agent(
     let Some((url, model)) = rest.rsplit_once('@') else {
         bail!("--agent {spec}: expected openai=BASE_URL@MODEL")
     };
+    // Checked before the first request: each of these would otherwise cost a whole run.
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        bail!("--agent {spec}: the base URL {url:?} needs a scheme (http:// or https://)");
+    }
+    if !(timeout.is_finite() && timeout > 0.0) {
+        bail!("--timeout {timeout}: must be a number of seconds > 0");
+    }
+    if let Some(name) = api_key_env {
+        if std::env::var(name).map_or(true, |v| v.is_empty()) {
+            bail!("--api-key-env {name}: the environment variable {name} is not set (or empty)");
+        }
+    }
     let mut a = HttpAgent::new(url, model, api_key_env, Duration::from_secs_f64(timeout));
     a.json_schema = json_schema;
     Ok(Box::new(a))
@@ -173,7 +186,11 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
         side(&args.out, "progress.jsonl"),
         side(&args.out, "transcripts.jsonl"),
     );
-    let done = by_id(&progress_path)?;
+    // A pair is done once it has a score; a failed one (no agent gave a score) is tried again.
+    let done: HashMap<String, serde_json::Value> = by_id(&progress_path)?
+        .into_iter()
+        .filter(|(_, v)| v["score"].is_number())
+        .collect();
     complete_lines(&transcript_path)?;
     let todo: Vec<&PreferenceRecord> = records
         .iter()
@@ -199,7 +216,10 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
             s.spawn(|| {
                 while let Some(r) = queue.lock().map(|mut q| q.next()).ok().flatten() {
                 let out = protocol.score(&refs, &request(r));
-                let line = serde_json::json!({"id": r.id, "score": out.score, "consensus": out.consensus, "rounds": out.rounds});
+                let mut line = serde_json::json!({"id": r.id, "score": out.score, "consensus": out.consensus, "rounds": out.rounds});
+                if out.score.is_none() {
+                    line["error"] = out.turns.iter().rev().find_map(|t| t.error.clone()).unwrap_or_else(|| "no agent gave a score".into()).into();
+                }
                 let transcript = serde_json::json!({"id": r.id, "outcome": out});
                 let mut f = files.lock().unwrap_or_else(|p| p.into_inner());
                 // Transcript first: a pair counts as done only once its transcript is saved.
@@ -228,7 +248,14 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
                 hist[((x * 10.0).round() as usize).min(10)] += 1;
                 consensus += usize::from(v["consensus"].as_bool() == Some(true));
             }
-            None => failed.push(r.id.to_string()),
+            None => {
+                // No stale weight goes on to training: a failed pair has none until a rerun scores it.
+                r.weighted_score = None;
+                failed.push((
+                    r.id.to_string(),
+                    v["error"].as_str().unwrap_or("").to_string(),
+                ));
+            }
         }
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&out)?)
@@ -262,8 +289,12 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
     }
     if !failed.is_empty() {
         note!(
-            "no score (weighted_score left as it was): {}",
-            failed.join(", ")
+            "no score (weighted_score removed; a rerun tries these again): {}",
+            failed
+                .iter()
+                .map(|(id, _)| id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     note!(
@@ -271,5 +302,13 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
         args.out.display(),
         transcript_path.display()
     );
+    if failed.len() == out.len() {
+        bail!(
+            "every pair failed ({}); first: item {}: {}",
+            failed.len(),
+            failed[0].0,
+            failed[0].1
+        );
+    }
     Ok(())
 }

@@ -181,3 +181,91 @@ fn the_api_key_never_reaches_the_log_even_at_trace_level() {
         "the key is in the log"
     );
 }
+
+#[test]
+fn failed_pairs_are_not_done_every_failure_exits_non_zero_and_bad_agents_stop_before_sending() {
+    let dir = tmp("relevance-dead");
+    let out = dir.join("scored.json");
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/v1", l.local_addr().unwrap())
+    };
+    let run = |url: &str| {
+        mmedpo(&[
+            "score-relevance",
+            "--data",
+            "data/default/pairs.json",
+            "--agent",
+            &format!("openai={url}@med42"),
+            "--timeout",
+            "2",
+            "--max-rounds",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let t = std::time::Instant::now();
+    let o = run(&dead);
+    assert!(!o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("every pair failed (8)"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        t.elapsed()
+    );
+    let progress = std::fs::read_to_string(format!("{}.progress.jsonl", out.display())).unwrap();
+    assert!(
+        progress.lines().all(|l| l.contains("\"error\"")),
+        "{progress}"
+    );
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert!(written
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r.get("weighted_score").is_none_or(|w| w.is_null())));
+    // The server back: the failed pairs are retried, not taken as done.
+    let good = serve("{\"score\": 0.4}");
+    let o = run(&good);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("8 pairs: 8 scored"), "{}", stderr(&o));
+    // Checked before any request.
+    for (agent, extra, want) in [
+        ("openai=localhost:1/v1@m", vec![], "needs a scheme"),
+        (
+            &format!("openai={dead}@m")[..],
+            vec!["--timeout", "0"],
+            "--timeout 0",
+        ),
+        (
+            &format!("openai={dead}@m")[..],
+            vec!["--api-key-env", "MMEDPO_SURELY_UNSET_KEY"],
+            "is not set",
+        ),
+    ] {
+        let mut args = vec![
+            "score-relevance",
+            "--data",
+            "data/default/pairs.json",
+            "--agent",
+            agent,
+            "--out",
+        ];
+        let o2 = dir.join("never.json");
+        args.push(o2.to_str().unwrap());
+        args.extend(extra);
+        let o = mmedpo(&args);
+        assert!(
+            !o.status.success() && stderr(&o).contains(want),
+            "{want}: {}",
+            stderr(&o)
+        );
+        assert!(!o2.exists());
+    }
+}

@@ -30,7 +30,20 @@ pub struct HttpAgent {
     pub temperature: f64,
     /// Ask for `{"score": number, "rationale": string}` via `response_format` (vLLM, OpenAI).
     pub json_schema: bool,
+    /// Most wall time one `complete` spends, retries and waits included.
+    pub max_total: Duration,
+    /// After this many calls in a row that failed (all retries spent, or the budget), the agent
+    /// stops sending and fails at once: a dead or throttling server costs seconds, not hours.
+    pub circuit_after: usize,
+    breaker: std::sync::Arc<Breaker>,
     client: ureq::Agent,
+}
+
+/// Failed calls in a row and the last failure, shared by clones of an agent (one server).
+#[derive(Debug, Default)]
+struct Breaker {
+    in_a_row: std::sync::atomic::AtomicUsize,
+    last: std::sync::Mutex<String>,
 }
 
 impl std::fmt::Debug for HttpAgent {
@@ -65,6 +78,9 @@ impl HttpAgent {
             backoff: Duration::from_millis(500),
             temperature: 0.0,
             json_schema: false,
+            max_total: (timeout * 2).max(Duration::from_secs(10)),
+            circuit_after: 3,
+            breaker: Default::default(),
             client,
         }
     }
@@ -162,12 +178,30 @@ impl Agent for HttpAgent {
     }
 
     fn complete(&self, messages: &[Message]) -> Result<String, String> {
+        use std::sync::atomic::Ordering;
+        let in_a_row = self.breaker.in_a_row.load(Ordering::SeqCst);
+        if in_a_row >= self.circuit_after {
+            let last = self
+                .breaker
+                .last
+                .lock()
+                .map(|l| l.clone())
+                .unwrap_or_default();
+            return Err(format!(
+                "{}: not sent: the last {in_a_row} calls failed (circuit open; last: {last})",
+                self.name()
+            ));
+        }
         let body = self.body(messages);
         tracing::trace!(agent = %self.name(), bytes = body.len(), "request");
+        let start = std::time::Instant::now();
         let mut last = String::new();
         for attempt in 0..=self.max_retries {
             match self.attempt(&body) {
-                Ok(content) => return Ok(self.redact(content)),
+                Ok(content) => {
+                    self.breaker.in_a_row.store(0, Ordering::SeqCst);
+                    return Ok(self.redact(content));
+                }
                 Err((retryable, msg, retry_after)) => {
                     last = self.redact(msg);
                     if !retryable || attempt == self.max_retries {
@@ -175,10 +209,22 @@ impl Agent for HttpAgent {
                     }
                     let wait =
                         retry_after.unwrap_or(self.backoff * 2u32.saturating_pow(attempt as u32));
+                    if start.elapsed() + wait + self.timeout > self.max_total {
+                        last = format!(
+                            "{last}; gave up after {:.1} s (the budget per call is {:.1} s)",
+                            start.elapsed().as_secs_f64(),
+                            self.max_total.as_secs_f64()
+                        );
+                        break;
+                    }
                     tracing::debug!(agent = %self.name(), attempt, error = %last, ?wait, "retrying");
                     std::thread::sleep(wait);
                 }
             }
+        }
+        self.breaker.in_a_row.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut l) = self.breaker.last.lock() {
+            l.clone_from(&last);
         }
         Err(format!("{}: {last}", self.name()))
     }

@@ -18,6 +18,7 @@ enum Fault {
     Garbage,
     Content(&'static str),
     Raw(u16, &'static str),
+    Throttle,
 }
 
 struct Server {
@@ -49,6 +50,10 @@ fn serve(max_requests: usize, slow: Duration) -> Server {
             Fault::Garbage => StubReply::raw(200, "<html>oops</html>"),
             Fault::Content(c) => StubReply::content(c),
             Fault::Raw(status, body) => StubReply::raw(status, body),
+            Fault::Throttle => StubReply {
+                headers: "Retry-After: 60\r\n".into(),
+                ..StubReply::raw(429, r#"{"error":"come back in a minute"}"#)
+            },
         }
     });
     Server {
@@ -89,6 +94,38 @@ fn timeouts_500s_and_429s_are_retried_and_the_key_is_sent_but_never_shown() {
         .to_ascii_lowercase()
         .contains("authorization: bearer sk-secret-123"));
     assert!(seen[3].contains("\"model\":\"med42\""));
+}
+
+#[test]
+fn a_dead_server_opens_the_circuit_and_a_long_retry_after_spends_no_budget() {
+    // A port nothing listens on: every connection is refused.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/v1", l.local_addr().unwrap())
+    };
+    let a = agent(&dead, "m");
+    for _ in 0..3 {
+        let err = a.complete(&[Message::user("x")]).unwrap_err();
+        assert!(err.contains("request failed"), "{err}");
+    }
+    let t = std::time::Instant::now();
+    let err = a.complete(&[Message::user("x")]).unwrap_err();
+    assert!(
+        err.contains("circuit open") && err.contains("the last 3 calls failed"),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_millis(50), "{:?}", t.elapsed());
+    // Retry-After: 60 exceeds the call's budget: the agent gives up at once instead of sleeping.
+    let server = serve(50, Duration::from_millis(10));
+    server.faults.lock().unwrap().extend([Fault::Throttle]);
+    let a = agent(&server.url, "m");
+    let t = std::time::Instant::now();
+    let err = a.complete(&[Message::user("x")]).unwrap_err();
+    assert!(
+        err.contains("HTTP 429") && err.contains("gave up after"),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
 
 #[test]

@@ -395,7 +395,9 @@ impl Checkpoint {
             return Err(Error::Tensor {
                 path: path.clone(),
                 key: key.into(),
-                message: format!("element {i} is {v}: not a finite number (a corrupt or overflowed checkpoint)"),
+                message: format!(
+                    "element {i} is {v}: not a finite number (a corrupt or overflowed checkpoint)"
+                ),
             });
         }
         *self
@@ -728,7 +730,8 @@ mod tests {
         .unwrap();
         let mut ck = Checkpoint::open(&dir).unwrap();
         let device = Default::default();
-        ck.take::<crate::backend::Cpu, 1>("ok", [2], &device).unwrap();
+        ck.take::<crate::backend::Cpu, 1>("ok", [2], &device)
+            .unwrap();
         let e = ck
             .take::<crate::backend::Cpu, 1>("w", [3], &device)
             .unwrap_err()

@@ -146,7 +146,8 @@ impl LlavaConfig {
             let image_token_id = get("image_token_id")
                 .or(get("image_token_index"))
                 .and_then(Value::as_i64);
-            if let Some(id) = image_token_id.filter(|&id| id < 0 || id as usize >= text.vocab_size) {
+            if let Some(id) = image_token_id.filter(|&id| id < 0 || id as usize >= text.vocab_size)
+            {
                 return Err(unsupported(
                     "image_token_index",
                     &Value::from(id),
@@ -295,13 +296,17 @@ mod tests {
     #[test]
     fn unsupported_values_name_the_key() {
         let hf = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/tiny-llava-hf/config.json"),
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/golden/tiny-llava-hf/config.json"),
         )
         .unwrap();
         let mut v: Value = serde_json::from_str(&hf).unwrap();
         v["image_token_index"] = 99_999.into();
         let err = LlavaConfig::from_value(&v).unwrap_err().to_string();
-        assert!(err.contains("image_token_index") && err.contains("99999"), "{err}");
+        assert!(
+            err.contains("image_token_index") && err.contains("99999"),
+            "{err}"
+        );
         for (key, val, want) in [
             (
                 "mm_projector_type",

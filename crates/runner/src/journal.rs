@@ -14,18 +14,27 @@ pub fn side(out: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(format!("{}.{suffix}", out.display()))
 }
 
-/// The complete lines of a journal (none if it does not exist yet).
+/// The complete lines of a journal (none if it does not exist yet). Lines that do not parse (a
+/// line cut by a kill) are dropped from the file: the kept lines are written back byte for byte
+/// (never re-printed, so numbers keep their digits) to a temporary file renamed over the journal,
+/// so a kill during the rewrite leaves the old journal, not an empty one.
 pub fn complete_lines(path: &Path) -> Result<Vec<Value>> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(vec![]);
     };
-    let good: Vec<Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let rewritten: String = good.iter().map(|v| format!("{v}\n")).collect();
-    if rewritten != text {
-        std::fs::write(path, rewritten).with_context(|| format!("rewriting {}", path.display()))?;
+    let mut good = vec![];
+    let mut kept = String::with_capacity(text.len());
+    for line in text.lines() {
+        if let Ok(v) = serde_json::from_str::<Value>(line) {
+            good.push(v);
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    if kept != text {
+        let tmp = side(path, "rewrite.tmp");
+        std::fs::write(&tmp, &kept).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
     }
     Ok(good)
 }
@@ -69,6 +78,19 @@ mod tests {
         .unwrap();
         let m = by_id(&p).unwrap();
         assert_eq!(m.len(), 2);
+        std::fs::write(&p, "{\"id\": 1, \"x\": 0.30000000000000004e0}\n{\"id\": 2").unwrap();
+        complete_lines(&p).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "{\"id\": 1, \"x\": 0.30000000000000004e0}\n",
+            "kept lines are kept as written"
+        );
+        std::fs::write(
+            &p,
+            "{\"id\": 1, \"x\": 1}\n{\"id\": \"a\"}\n{\"id\": 3, \"x\"",
+        )
+        .unwrap();
+        let m = by_id(&p).unwrap();
         assert_eq!(m["1"]["x"], 1);
         assert!(m.contains_key("a"));
         assert_eq!(

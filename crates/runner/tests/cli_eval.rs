@@ -267,12 +267,25 @@ fn a_bad_answer_type_is_named_as_bad_not_missing() {
     )
     .unwrap();
     let o = mmedpo(&[
-        "eval", "--model", "crates/lvlm/tests/golden/tiny-llava-hf", "--tokenizer",
-        "models/mistral-tokenizer/tokenizer.json", "--data", test.to_str().unwrap(),
-        "--image-root", "data/images", "--task", "vqa", "--out", dir.join("o").to_str().unwrap(),
+        "eval",
+        "--model",
+        "crates/lvlm/tests/golden/tiny-llava-hf",
+        "--tokenizer",
+        "models/mistral-tokenizer/tokenizer.json",
+        "--data",
+        test.to_str().unwrap(),
+        "--image-root",
+        "data/images",
+        "--task",
+        "vqa",
+        "--out",
+        dir.join("o").to_str().unwrap(),
     ]);
     assert!(!o.status.success());
     let e = stderr(&o);
-    assert!(e.contains(r#"item 1 (index 0): answer_type "maybe" is not CLOSED or OPEN"#), "{e}");
+    assert!(
+        e.contains(r#"item 1 (index 0): answer_type "maybe" is not CLOSED or OPEN"#),
+        "{e}"
+    );
     assert!(e.contains("item 2 (index 1): missing answer_type"), "{e}");
 }

@@ -303,5 +303,12 @@ fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<()> {
         transcript_path.display(),
         args.out.display()
     );
+    if out.is_empty() && !failed.is_empty() {
+        bail!(
+            "every item failed: no usable verdict for any of the {} item(s) (see {})",
+            failed.len(),
+            transcript_path.display()
+        );
+    }
     Ok(())
 }

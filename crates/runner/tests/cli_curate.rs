@@ -241,15 +241,22 @@ fn an_openai_judge_picks_and_a_rerun_redoes_nothing() {
 }
 
 #[test]
-fn a_judge_without_usable_verdicts_is_recorded_not_fatal() {
+fn a_judge_without_usable_verdicts_fails_the_run_and_keeps_the_transcripts() {
     let dir = tmp("curate-garbage");
     let data = items(&dir);
     let llava = tiny_llava("curate-garbage-llava");
     let url = serve("I cannot help with that.");
     let out = dir.join("text.json");
-    let err = ok(curate(&llava, &data, &out, &format!("openai={url}@judge")));
+    let o = curate(&llava, &data, &out, &format!("openai={url}@judge"));
     assert!(
-        err.contains("3 item(s) without a usable verdict") && err.contains("100, 101, 102"),
+        !o.status.success(),
+        "a run in which every item failed exits non-zero"
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("3 item(s) without a usable verdict")
+            && err.contains("100, 101, 102")
+            && err.contains("every item failed"),
         "{err}"
     );
     assert!(read_records(&out).unwrap().is_empty());

@@ -141,13 +141,20 @@ impl PreferenceRecord {
             out.push("image is empty".into());
         }
         if let Some(w) = self.weighted_score {
-            if !w.is_finite() || w < 0.0 {
-                out.push(format!("weighted_score {w} is not a finite number >= 0"));
+            if !(0.0..=MAX_WEIGHT).contains(&w) {
+                out.push(format!(
+                    "weighted_score {w} is outside [0, {MAX_WEIGHT}] (relevance scores and MedKLIP \
+                     confidences are in [0, 1]; assemble's paper mode writes weights in [0.75, 1.25])"
+                ));
             }
         }
         out
     }
 }
+
+/// The largest `weighted_score` a file may hold: scores are in [0, 1], and the paper's
+/// normalisation (written by `mmedpo assemble --weight-mode paper`) clips weights to [0.75, 1.25].
+pub const MAX_WEIGHT: f64 = 1.25;
 
 /// Reads a preference file, validating every item; all problems are reported in one error.
 pub fn read_records(path: &Path) -> Result<Vec<PreferenceRecord>> {

@@ -104,6 +104,16 @@ pub fn load_adapter<B: Backend>(
         if !ckpt.contains(&a_key) && !ckpt.contains(&b_key) {
             continue;
         }
+        if !config.target_modules.matches(&path) {
+            return Err(Error::Mismatch {
+                path: dir.join("adapter_config.json"),
+                message: format!(
+                    "target_modules {:?} do not name {path}, which adapter_model.safetensors holds \
+                     tensors for: the config and the weights disagree",
+                    config.target_modules
+                ),
+            });
+        }
         let (d_in, d_out) = layer.dims();
         let a = ckpt.take::<B, 2>(&a_key, [config.r, d_in], device)?;
         let b = ckpt.take::<B, 2>(&b_key, [d_out, config.r], device)?;

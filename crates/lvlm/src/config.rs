@@ -154,6 +154,8 @@ impl LlavaConfig {
                     &format!("an id below text_config.vocab_size {}", text.vocab_size),
                 ));
             }
+            // No sequence runs past the positions the LLM was built for.
+            let max_length = 1024.min(text.max_position_embeddings);
             return Ok(Self {
                 layout: Layout::Hf,
                 text,
@@ -162,7 +164,7 @@ impl LlavaConfig {
                 select_layer,
                 select_feature,
                 aspect: AspectRatio::Pad,
-                max_length: 1024,
+                max_length,
                 image_token_id,
             });
         }
@@ -226,12 +228,15 @@ impl LlavaConfig {
         let select_layer = get("mm_vision_select_layer")
             .and_then(Value::as_i64)
             .unwrap_or(-2);
-        let max_length = get("tokenizer_model_max_length")
+        let text = text_config(value.clone(), "llama")?;
+        // No sequence runs past the positions the LLM was built for.
+        let max_length = (get("tokenizer_model_max_length")
             .and_then(Value::as_u64)
-            .unwrap_or(1024) as usize;
+            .unwrap_or(1024) as usize)
+            .min(text.max_position_embeddings);
         Ok(Self {
             layout: Layout::Original,
-            text: text_config(value.clone(), "llama")?,
+            text,
             vision: None,
             vision_tower_name: get("mm_vision_tower")
                 .and_then(Value::as_str)

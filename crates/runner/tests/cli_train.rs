@@ -256,27 +256,30 @@ fn bad_hyperparameters_are_listed_before_the_model_loads_and_non_finite_steps_st
         assert!(e.contains(want), "{want:?} not in {e}");
     }
     assert!(!out.join("adapter").exists());
-    // A weight of 1e308 makes the step's gradients overflow: the run stops at that step, naming it
-    // and its pairs, and writes no adapter.
+    // A weight of 2 (or 1e308) is not a weight this pipeline writes: refused by item.
     let mut items: Vec<serde_json::Value> = serde_json::from_str(
         &std::fs::read_to_string(root().join("data/default/pairs.json")).unwrap(),
     )
     .unwrap();
-    for item in &mut items {
-        item["weighted_score"] = 1e308.into();
-    }
-    let data = out.join("huge.json");
+    items[3]["weighted_score"] = 2.0.into();
+    items[4]["weighted_score"] = 1e308.into();
+    let data = out.join("heavy.json");
     std::fs::write(&data, serde_json::to_string(&items).unwrap()).unwrap();
     let mut args = base.to_vec();
     args[4] = data.to_str().unwrap();
-    args.extend(["--max-steps", "2", "--batch-size", "2", "--grad-accum", "1"]);
+    let e = stderr(&mmedpo(&args));
+    assert!(
+        e.contains("item id 3") && e.contains("weighted_score 2 is outside [0, 1.25]") && e.contains("item id 4"),
+        "{e}"
+    );
+    // An alpha of 1e308 scales the LoRA gradients past f32: the run stops at that step, naming
+    // it and its pairs, and writes no adapter.
+    let mut args = base.to_vec();
+    args.extend(["--lora-alpha", "1e308", "--max-steps", "2", "--batch-size", "2", "--grad-accum", "1"]);
     let o = mmedpo(&args);
     assert!(!o.status.success());
     let e = stderr(&o);
-    assert!(
-        e.contains("step 1: ") && e.contains("is not finite (pair ids "),
-        "{e}"
-    );
+    assert!(e.contains("step 1: ") && e.contains("is not finite (pair ids "), "{e}");
     assert!(!out.join("adapter").exists());
 }
 

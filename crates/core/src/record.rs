@@ -140,6 +140,16 @@ impl PreferenceRecord {
         if self.image.trim().is_empty() {
             out.push("image is empty".into());
         }
+        for (field, path) in [
+            ("image", Some(&self.image)),
+            ("rejected_image", self.rejected_image.as_ref()),
+        ] {
+            if let Some(p) = path.filter(|p| climbs_out(p)) {
+                out.push(format!(
+                    "{field} {p:?} climbs out of the image folder (relative paths stay under --image-root)"
+                ));
+            }
+        }
         if let Some(w) = self.weighted_score {
             if !(0.0..=MAX_WEIGHT).contains(&w) {
                 out.push(format!(
@@ -150,6 +160,28 @@ impl PreferenceRecord {
         }
         out
     }
+}
+
+/// Whether a relative image path leaves the folder it is relative to (`a/../../x`). Image paths
+/// are relative to `--image-root` and stay under it; absolute paths are taken as they are (they
+/// name a file the user chose; `visual-pairs` writes them when its output is outside that folder).
+pub fn climbs_out(path: &str) -> bool {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        return false;
+    }
+    let mut depth = 0i64;
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => depth -= 1,
+            std::path::Component::Normal(_) => depth += 1,
+            _ => {}
+        }
+        if depth < 0 {
+            return true;
+        }
+    }
+    false
 }
 
 /// The largest `weighted_score` a file may hold: scores are in [0, 1], and the paper's
@@ -328,6 +360,20 @@ mod tests {
             msg.contains("CXR1_IM-1/0.png") && msg.contains("conversations[0] has no <image>"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn relative_image_paths_stay_under_the_image_folder() {
+        assert!(climbs_out("../../etc/hostname"));
+        assert!(climbs_out("a/../../b.png"));
+        assert!(!climbs_out("a/../b.png"));
+        assert!(!climbs_out("scans/ct.png"));
+        assert!(!climbs_out("/data/visual/x.png"));
+        let text = r#"[{"id": 1, "image": "../../etc/hostname",
+            "conversations": [{"from": "human", "value": "<image>\nQ?"}, {"from": "gpt", "value": "A"}],
+            "rejected_conversations": [{"from": "human", "value": "<image>\nQ?"}, {"from": "gpt", "value": "B"}]}]"#;
+        let err = read_records(&write("climb", text)).unwrap_err().to_string();
+        assert!(err.contains("climbs out of the image folder"), "{err}");
     }
 
     #[test]

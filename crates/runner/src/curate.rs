@@ -255,7 +255,9 @@ fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<()> {
         for ((item, cands), outcome) in owned.iter().zip(&candidates).zip(&outcomes) {
             let transcript =
                 serde_json::json!({"id": item.id, "candidates": cands, "outcome": outcome});
-            writeln!(transcripts, "{transcript}").and_then(|_| transcripts.flush())?;
+            writeln!(transcripts, "{transcript}")
+                .and_then(|_| transcripts.flush())
+                .with_context(|| format!("appending to {}", transcript_path.display()))?;
             match &outcome.verdict {
                 Some(v) => {
                     let kind = match v {
@@ -264,7 +266,9 @@ fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<()> {
                     };
                     let line =
                         serde_json::json!({"id": item.id, "rejected": v.text(), "source": kind});
-                    writeln!(progress, "{line}").and_then(|_| progress.flush())?;
+                    writeln!(progress, "{line}")
+                        .and_then(|_| progress.flush())
+                        .with_context(|| format!("appending to {}", progress_path.display()))?;
                 }
                 None => failed.push(item.id.clone()),
             }

@@ -303,6 +303,14 @@ fn read_items(path: &Path, task: Task) -> Result<Vec<Item>> {
             });
         }
         let mut problems: Vec<String> = vec![];
+        if let Some(p) = image
+            .as_deref()
+            .filter(|p| mmedpo_core::record::climbs_out(p))
+        {
+            problems.push(format!(
+                "image {p:?} climbs out of the image folder (relative paths stay under --image-root)"
+            ));
+        }
         if task == Task::Vqa {
             match answer_type.as_deref().map(str::to_uppercase).as_deref() {
                 Some("CLOSED") | Some("OPEN") => {}
@@ -419,7 +427,8 @@ fn run_on<B: Backend>(args: &EvalArgs, device: &B::Device) -> Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&pred_path)?;
+        .open(&pred_path)
+        .with_context(|| format!("opening {}", pred_path.display()))?;
     let bar = ProgressBar::new(items.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} answers {per_sec} eta {eta}")
@@ -487,9 +496,11 @@ fn run_on<B: Backend>(args: &EvalArgs, device: &B::Device) -> Result<()> {
                 reference: it.reference.clone(),
                 answer_type: it.answer_type.clone(),
             };
-            writeln!(file, "{}", serde_json::to_string(&p)?)?;
+            writeln!(file, "{}", serde_json::to_string(&p)?)
+                .with_context(|| format!("appending to {}", pred_path.display()))?;
         }
-        file.flush()?;
+        file.flush()
+            .with_context(|| format!("appending to {}", pred_path.display()))?;
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();

@@ -225,7 +225,11 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
                 // Transcript first: a pair counts as done only once its transcript is saved.
                 let res = writeln!(f.1, "{transcript}").and_then(|_| f.1.flush()).and_then(|_| writeln!(f.0, "{line}")).and_then(|_| f.0.flush());
                 if let Err(e) = res {
-                    *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.into());
+                    *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(anyhow::Error::from(e).context(format!(
+                        "appending to {} and {}",
+                        transcript_path.display(),
+                        progress_path.display()
+                    )));
                     break;
                 }
                 bar.inc(1);

@@ -172,9 +172,11 @@ fn run_on<B: Backend>(args: &ScoreArgs, device: &B::Device) -> Result<()> {
         }
         if !prepared.is_empty() {
             for s in score_pairs(&llava.model, &prepared, image_size as usize, device)? {
-                writeln!(out, "{}", serde_json::to_string(&s)?)?;
+                writeln!(out, "{}", serde_json::to_string(&s)?)
+                    .with_context(|| format!("appending to {}", args.out.display()))?;
             }
-            out.flush()?;
+            out.flush()
+                .with_context(|| format!("appending to {}", args.out.display()))?;
         }
         bar.inc(chunk.len() as u64);
     }

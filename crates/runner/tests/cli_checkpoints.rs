@@ -249,17 +249,35 @@ fn merge_equals_the_adapter_on_the_base_in_the_llava_hf_layout() {
     // An adapter whose config names none of the layers its weights are for is refused.
     let odd = dir.join("odd-adapter");
     std::fs::create_dir_all(&odd).unwrap();
-    std::fs::copy(adapter.join("adapter_model.safetensors"), odd.join("adapter_model.safetensors")).unwrap();
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    std::fs::copy(
+        adapter.join("adapter_model.safetensors"),
+        odd.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
     cfg["target_modules"] = serde_json::json!(["nothing_proj"]);
     std::fs::write(odd.join("adapter_config.json"), cfg.to_string()).unwrap();
     let o = mmedpo(&[
-        "score", "--model", model.to_str().unwrap(), "--adapter", odd.to_str().unwrap(), "--data",
-        "data/default/pairs.json", "--image-root", "data/images", "--out",
+        "score",
+        "--model",
+        model.to_str().unwrap(),
+        "--adapter",
+        odd.to_str().unwrap(),
+        "--data",
+        "data/default/pairs.json",
+        "--image-root",
+        "data/images",
+        "--out",
         dir.join("odd.jsonl").to_str().unwrap(),
     ]);
-    assert!(!o.status.success() && stderr(&o).contains("do not name"), "{}", stderr(&o));
+    assert!(
+        !o.status.success() && stderr(&o).contains("do not name"),
+        "{}",
+        stderr(&o)
+    );
     // An existing --out is refused; so is an adapter for another model.
     let o = mmedpo(&[
         "merge",

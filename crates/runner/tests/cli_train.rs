@@ -269,17 +269,31 @@ fn bad_hyperparameters_are_listed_before_the_model_loads_and_non_finite_steps_st
     args[4] = data.to_str().unwrap();
     let e = stderr(&mmedpo(&args));
     assert!(
-        e.contains("item id 3") && e.contains("weighted_score 2 is outside [0, 1.25]") && e.contains("item id 4"),
+        e.contains("item id 3")
+            && e.contains("weighted_score 2 is outside [0, 1.25]")
+            && e.contains("item id 4"),
         "{e}"
     );
     // An alpha of 1e308 scales the LoRA gradients past f32: the run stops at that step, naming
     // it and its pairs, and writes no adapter.
     let mut args = base.to_vec();
-    args.extend(["--lora-alpha", "1e308", "--max-steps", "2", "--batch-size", "2", "--grad-accum", "1"]);
+    args.extend([
+        "--lora-alpha",
+        "1e308",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "1",
+    ]);
     let o = mmedpo(&args);
     assert!(!o.status.success());
     let e = stderr(&o);
-    assert!(e.contains("step 1: ") && e.contains("is not finite (pair ids "), "{e}");
+    assert!(
+        e.contains("step 1: ") && e.contains("is not finite (pair ids "),
+        "{e}"
+    );
     assert!(!out.join("adapter").exists());
 }
 

@@ -153,7 +153,7 @@ impl PreferenceRecord {
         if let Some(w) = self.weighted_score {
             if !(0.0..=MAX_WEIGHT).contains(&w) {
                 out.push(format!(
-                    "weighted_score {w} is outside [0, {MAX_WEIGHT}] (relevance scores and MedKLIP \
+                    "weighted_score {w:?} is outside [0, {MAX_WEIGHT}] (relevance scores and MedKLIP \
                      confidences are in [0, 1]; assemble's paper mode writes weights in [0.75, 1.25])"
                 ));
             }

@@ -258,6 +258,9 @@ fn read_items(path: &Path, task: Task) -> Result<Vec<Item>> {
             })
             .collect::<Result<_>>()?,
     };
+    if values.is_empty() {
+        bail!("{}: no test items", path.display());
+    }
     let str_of = |v: &serde_json::Value, keys: &[&str]| {
         keys.iter()
             .find_map(|k| v.get(*k).and_then(|x| x.as_str()).map(String::from))

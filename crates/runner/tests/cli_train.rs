@@ -270,7 +270,7 @@ fn bad_hyperparameters_are_listed_before_the_model_loads_and_non_finite_steps_st
     let e = stderr(&mmedpo(&args));
     assert!(
         e.contains("item id 3")
-            && e.contains("weighted_score 2 is outside [0, 1.25]")
+            && e.contains("weighted_score 2.0 is outside [0, 1.25]")
             && e.contains("item id 4"),
         "{e}"
     );

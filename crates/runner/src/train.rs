@@ -409,7 +409,46 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
         }
     }
     let text = toml::to_string(&table)?;
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid training configuration: {e}"))
+    toml::from_str(&text).map_err(|e| {
+        let file = args
+            .config
+            .as_deref()
+            .and_then(|p| Some((p, std::fs::read_to_string(p).ok()?)));
+        anyhow::anyhow!("{}", locate(&text, &e, file.as_ref().map(|(p, t)| (*p, t.as_str()))))
+    })
+}
+
+/// Where a value error of the resolved document came from: the config file's line (`FILE:LINE`)
+/// when the key is set there, else the flag that set it.
+fn locate(resolved: &str, err: &toml::de::Error, file: Option<(&Path, &str)>) -> String {
+    let at = err.span().map_or(0, |s| s.start).min(resolved.len());
+    let before = &resolved[..at];
+    let line = resolved[before.rfind('\n').map_or(0, |i| i + 1)..]
+        .lines()
+        .next()
+        .unwrap_or("");
+    let key = line.split('=').next().unwrap_or("").trim().to_string();
+    let section = before
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix('[').and_then(|r| r.strip_suffix(']')))
+        .map(|s| s.trim().to_string());
+    let name = match &section {
+        Some(sec) => format!("[{sec}] {key}"),
+        None => key.clone(),
+    };
+    if let Some((path, text)) = file {
+        let mut current: Option<String> = None;
+        for (n, l) in text.lines().enumerate() {
+            let t = l.trim();
+            if let Some(sec) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+                current = Some(sec.trim().to_string());
+            } else if current == section && t.split('=').next().map(str::trim) == Some(key.as_str()) {
+                return format!("{}:{}: {name}: {}", path.display(), n + 1, err.message());
+            }
+        }
+    }
+    format!("invalid training configuration: {name} (from a flag): {}", err.message())
 }
 
 /// Every input the configuration names exists, or one error listing each missing one, the key that

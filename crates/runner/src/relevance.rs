@@ -43,6 +43,9 @@ pub struct RelevanceArgs {
     /// Environment variable holding the API key (its value is never logged).
     #[arg(long)]
     api_key_env: Option<String>,
+    /// Most seconds one pair may take over all its turns; no turn starts after it.
+    #[arg(long, default_value_t = 600.0)]
+    pair_budget: f64,
     /// Rounds before falling back to the mean (paper: 5).
     #[arg(long, default_value_t = 5)]
     max_rounds: usize,
@@ -177,10 +180,17 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
         }
         None => Prompts::builtin(),
     };
+    if !(args.pair_budget.is_finite() && args.pair_budget > 0.0) {
+        bail!(
+            "--pair-budget {}: must be a number of seconds > 0",
+            args.pair_budget
+        );
+    }
     let protocol = Protocol {
         max_rounds: args.max_rounds,
         max_retries: args.max_retries,
         prompts,
+        pair_budget: Some(Duration::from_secs_f64(args.pair_budget)),
     };
     let (progress_path, transcript_path) = (
         side(&args.out, "progress.jsonl"),

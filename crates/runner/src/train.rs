@@ -414,7 +414,10 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
             .config
             .as_deref()
             .and_then(|p| Some((p, std::fs::read_to_string(p).ok()?)));
-        anyhow::anyhow!("{}", locate(&text, &e, file.as_ref().map(|(p, t)| (*p, t.as_str()))))
+        anyhow::anyhow!(
+            "{}",
+            locate(&text, &e, file.as_ref().map(|(p, t)| (*p, t.as_str())))
+        )
     })
 }
 
@@ -443,12 +446,16 @@ fn locate(resolved: &str, err: &toml::de::Error, file: Option<(&Path, &str)>) ->
             let t = l.trim();
             if let Some(sec) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
                 current = Some(sec.trim().to_string());
-            } else if current == section && t.split('=').next().map(str::trim) == Some(key.as_str()) {
+            } else if current == section && t.split('=').next().map(str::trim) == Some(key.as_str())
+            {
                 return format!("{}:{}: {name}: {}", path.display(), n + 1, err.message());
             }
         }
     }
-    format!("invalid training configuration: {name} (from a flag): {}", err.message())
+    format!(
+        "invalid training configuration: {name} (from a flag): {}",
+        err.message()
+    )
 }
 
 /// Every input the configuration names exists, or one error listing each missing one, the key that

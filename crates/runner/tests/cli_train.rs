@@ -340,17 +340,32 @@ fn a_closed_stderr_and_stdout_do_not_end_training() {
 fn a_bad_value_in_a_config_file_is_reported_at_its_line() {
     let dir = tmp("toml-line");
     let cfg = dir.join("mine.toml");
-    std::fs::write(&cfg, "# my run\n[lora]\nr = 4\n\n[optim]\nseed = 1\nlearning_rate = \"fast\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "# my run\n[lora]\nr = 4\n\n[optim]\nseed = 1\nlearning_rate = \"fast\"\n",
+    )
+    .unwrap();
     let model = tiny_llava("toml-line-model");
     let o = mmedpo(&[
-        "train", "--config", cfg.to_str().unwrap(), "--model", model.to_str().unwrap(), "--data",
-        "data/default/pairs.json", "--image-root", "data/images", "--out",
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        "data/default/pairs.json",
+        "--image-root",
+        "data/images",
+        "--out",
         dir.join("o").to_str().unwrap(),
     ]);
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(
-        e.contains(&format!("{}:7: [optim] learning_rate: invalid type: string \"fast\", expected f64", cfg.display())),
+        e.contains(&format!(
+            "{}:7: [optim] learning_rate: invalid type: string \"fast\", expected f64",
+            cfg.display()
+        )),
         "{e}"
     );
 }

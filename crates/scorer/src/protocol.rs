@@ -111,6 +111,8 @@ pub struct Protocol {
     pub max_retries: usize,
     /// The prompt texts.
     pub prompts: Prompts,
+    /// Most wall time one pair may take; no turn starts after it (`None`: no limit).
+    pub pair_budget: Option<std::time::Duration>,
 }
 
 impl Default for Protocol {
@@ -119,6 +121,7 @@ impl Default for Protocol {
             max_rounds: 5,
             max_retries: 2,
             prompts: Prompts::builtin(),
+            pair_budget: None,
         }
     }
 }
@@ -192,9 +195,30 @@ impl Protocol {
     pub fn score(&self, agents: &[&dyn Agent], req: &ScoreRequest) -> ScoreOutcome {
         let mut turns: Vec<TurnRecord> = vec![];
         let mut shown: Option<f64> = None;
-        for round in 1..=self.max_rounds.max(1) {
+        let start = std::time::Instant::now();
+        let mut rounds = 0;
+        'rounds: for round in 1..=self.max_rounds.max(1) {
+            rounds = round;
             let mut all_agree = true;
             for (k, agent) in agents.iter().enumerate() {
+                if let Some(budget) = self.pair_budget.filter(|b| start.elapsed() > *b) {
+                    turns.push(TurnRecord {
+                        round,
+                        agent: agent.name(),
+                        shown,
+                        prompts: vec![],
+                        replies: vec![],
+                        score: None,
+                        agreed: false,
+                        retries: 0,
+                        error: Some(format!(
+                            "not asked: the pair's time budget of {:.0} s was spent",
+                            budget.as_secs_f64()
+                        )),
+                        millis: 0,
+                    });
+                    break 'rounds;
+                }
                 let rec = self.turn(*agent, req, shown, round);
                 match rec.score {
                     Some(x) => {
@@ -223,7 +247,7 @@ impl Protocol {
         ScoreOutcome {
             score: mean,
             consensus: false,
-            rounds: self.max_rounds.max(1),
+            rounds,
             turns,
         }
     }
@@ -273,6 +297,51 @@ mod tests {
     fn run(agents: &[Scripted]) -> ScoreOutcome {
         let refs: Vec<&dyn Agent> = agents.iter().map(|a| a as &dyn Agent).collect();
         Protocol::default().score(&refs, &req())
+    }
+
+    /// Every call takes `delay` and answers 0.3 then 0.6 alternately: never a consensus.
+    struct Slow {
+        delay: std::time::Duration,
+        calls: Mutex<usize>,
+    }
+
+    impl Agent for Slow {
+        fn name(&self) -> String {
+            "slow".into()
+        }
+        fn complete(&self, _: &[Message]) -> Result<String, String> {
+            std::thread::sleep(self.delay);
+            let mut n = self.calls.lock().unwrap();
+            *n += 1;
+            Ok(if *n % 2 == 1 { "0.3" } else { "0.6" }.into())
+        }
+    }
+
+    #[test]
+    fn no_turn_starts_after_the_pair_budget() {
+        let slow = Slow {
+            delay: std::time::Duration::from_millis(30),
+            calls: Mutex::new(0),
+        };
+        let p = Protocol {
+            pair_budget: Some(std::time::Duration::from_millis(70)),
+            ..Protocol::default()
+        };
+        let req = ScoreRequest {
+            question: "q".into(),
+            ground_truth: "a".into(),
+            answer: "b".into(),
+        };
+        let out = p.score(&[&slow, &slow], &req);
+        let asked = *slow.calls.lock().unwrap();
+        assert!((3..=4).contains(&asked), "{asked} calls");
+        let last = out.turns.last().unwrap();
+        assert!(
+            last.error.as_deref().unwrap_or("").contains("time budget"),
+            "{last:?}"
+        );
+        assert!(out.rounds < 5 && !out.consensus);
+        assert!(out.score.is_some(), "the mean of the scores given");
     }
 
     #[test]

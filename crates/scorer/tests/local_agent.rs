@@ -94,6 +94,7 @@ fn local_agents_run_the_protocol_on_real_generation() {
         max_rounds: 2,
         max_retries: 1,
         prompts: Prompts::builtin(),
+        pair_budget: None,
     };
     let req = ScoreRequest {
         question: "Is there a pneumothorax?".into(),

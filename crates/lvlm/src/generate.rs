@@ -49,6 +49,20 @@ pub fn generate_answers<B: Backend>(
     }
     let refs: Vec<&[f32]> = pixels.iter().map(Vec::as_slice).collect();
     let features = model.image_features(stack_pixels::<B>(&refs, image_size as usize, device));
+    // `prepare` cuts training sequences at max_length; a prompt is never cut silently.
+    let image_tokens = features.dims()[1];
+    for (i, seq) in seqs.iter().enumerate() {
+        let len = seq.ids.len() - 1 + image_tokens;
+        if len > model.max_length {
+            return Err(Error::Item {
+                id: i.to_string(),
+                message: format!(
+                    "the prompt is {len} tokens with the image, more than the model's {} (max_length)",
+                    model.max_length
+                ),
+            });
+        }
+    }
     let image_of: Vec<usize> = (0..items.len()).collect();
     let inputs = model.prepare(&seqs, features, &image_of, true)?;
     Ok(generate_from_embeds(

@@ -377,19 +377,12 @@ impl Checkpoint {
                 entry.dtype
             ),
         })?;
-        let st =
-            SafeTensors::deserialize(&self.maps[entry.file]).map_err(|e| Error::Safetensors {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        let view = st.tensor(key).map_err(|e| Error::Safetensors {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let path = path.clone();
         // Convert on the host to the backend's float type: Flex would otherwise keep (and compute
         // in) bf16/f16 storage.
-        let data = TensorData::from_bytes_vec(view.data().to_vec(), shape.to_vec(), dtype)
-            .convert::<B::FloatElem>();
+        let bytes = self.raw(key)?.data.to_vec();
+        let data =
+            TensorData::from_bytes_vec(bytes, shape.to_vec(), dtype).convert::<B::FloatElem>();
         // A NaN or infinite weight makes every output NaN, far from where it came from.
         if let Some((i, v)) = data.iter::<f32>().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(Error::Tensor {

@@ -448,7 +448,14 @@ fn locate(resolved: &str, err: &toml::de::Error, file: Option<(&Path, &str)>) ->
                 current = Some(sec.trim().to_string());
             } else if current == section && t.split('=').next().map(str::trim) == Some(key.as_str())
             {
-                return format!("{}:{}: {name}: {}", path.display(), n + 1, err.message());
+                // The file's value, unless a flag replaced it (then the flag is at fault).
+                let value = |l: &str| -> String {
+                    let v = l.split_once('=').map_or("", |(_, v)| v);
+                    v.split(" #").next().unwrap_or(v).trim().to_string()
+                };
+                if value(t) == value(line) {
+                    return format!("{}:{}: {name}: {}", path.display(), n + 1, err.message());
+                }
             }
         }
     }

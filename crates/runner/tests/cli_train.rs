@@ -368,4 +368,27 @@ fn a_bad_value_in_a_config_file_is_reported_at_its_line() {
         )),
         "{e}"
     );
+    // The file's value replaced by a bad flag: the flag is named, not the file's line.
+    std::fs::write(&cfg, "[dpo]\nweight_mode = \"raw\"\n").unwrap();
+    let o = mmedpo(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        "data/default/pairs.json",
+        "--image-root",
+        "data/images",
+        "--out",
+        dir.join("o").to_str().unwrap(),
+        "--weight-mode",
+        "bogus",
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("[dpo] weight_mode (from a flag)") && e.contains("bogus"),
+        "{e}"
+    );
 }

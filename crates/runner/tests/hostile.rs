@@ -296,6 +296,21 @@ fn every_hostile_input_ends_fast_with_a_named_error_and_no_panic() {
             vec!["r1", "30000 words"],
         ),
         (
+            "disk full",
+            [
+                "assemble",
+                "--data",
+                &pairs,
+                "--seed",
+                "1",
+                "--out",
+                "/dev/full",
+            ]
+            .map(String::from)
+            .to_vec(),
+            vec!["/dev/full", "No space left on device"],
+        ),
+        (
             "agent URL without scheme",
             [
                 "score-relevance",

@@ -243,7 +243,23 @@ fn parse_file(
     })?;
     let mut records = Vec::with_capacity(items.len());
     let mut problems = vec![];
+    // Ids key journals, caches and reference log-probs: two items with one id would get each
+    // other's results.
+    let mut first_at: std::collections::HashMap<String, usize> = Default::default();
     for (index, item) in items.iter().enumerate() {
+        if let Some(id) = item.get("id").filter(|id| !id.is_null()) {
+            let key = match id {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if let Some(first) = first_at.insert(key, index) {
+                problems.push((
+                    Some(id.clone()),
+                    format!("item id {id} (index {index}): the same id as the item at index {first}; ids must be unique"),
+                ));
+                continue;
+            }
+        }
         let label = match item.get("id") {
             Some(id) if !id.is_null() => format!("item id {id} (index {index})"),
             _ => format!("item at index {index}"),
@@ -374,6 +390,26 @@ mod tests {
             "rejected_conversations": [{"from": "human", "value": "<image>\nQ?"}, {"from": "gpt", "value": "B"}]}]"#;
         let err = read_records(&write("climb", text)).unwrap_err().to_string();
         assert!(err.contains("climbs out of the image folder"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_ids_in_a_file_are_refused_naming_both_places() {
+        let item = r#"{"id": ID, "image": "a.png",
+            "conversations": [{"from": "human", "value": "<image>\nQ?"}, {"from": "gpt", "value": "A"}],
+            "rejected_conversations": [{"from": "human", "value": "<image>\nQ?"}, {"from": "gpt", "value": "B"}]}"#;
+        let text = format!(
+            "[{}, {}, {}]",
+            item.replace("ID", "7"),
+            item.replace("ID", "8"),
+            item.replace("ID", "\"7\"")
+        );
+        let err = read_records(&write("dup", &text)).unwrap_err().to_string();
+        assert!(
+            err.contains("item id \"7\" (index 2): the same id as the item at index 0"),
+            "{err}"
+        );
+        let (good, bad) = read_records_lenient(&write("dup2", &text)).unwrap();
+        assert_eq!((good.len(), bad.len()), (2, 1));
     }
 
     #[test]

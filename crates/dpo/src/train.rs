@@ -427,6 +427,23 @@ pub fn train<B: AutodiffBackend>(
     if !problems.is_empty() {
         return Err(Error::Data { problems });
     }
+    if matches!(settings.reference, Reference::File(_)) {
+        // Reference log-probs are looked up by id: ids must be unique over all the files.
+        let mut seen = std::collections::HashSet::new();
+        let dup: Vec<String> = records
+            .iter()
+            .map(|r| r.id.to_string())
+            .filter(|id| !seen.insert(id.clone()))
+            .collect();
+        if !dup.is_empty() {
+            return Err(Error::Data {
+                problems: vec![format!(
+                    "ids {} appear in more than one pair, and a reference file is looked up by id",
+                    dup.join(", ")
+                )],
+            });
+        }
+    }
     let reference = match (&settings.reference, reference_meta) {
         (Reference::AdapterOff, _) => None,
         (Reference::File(p), Some(meta)) => Some(read_reference(p, records, meta)?),

@@ -71,6 +71,9 @@ pub struct VisualArgs {
 /// The preference file written at the top of `--out`.
 pub const OUTPUT_FILE: &str = "visual_pairs.json";
 
+/// A visual pair's id is its item's id followed by this.
+pub const VISUAL_ID_SUFFIX: &str = "-visual";
+
 /// A file-name-safe form of an item id (a hash suffix keeps distinct ids distinct).
 fn file_stem(id: &str) -> String {
     let safe: String = id
@@ -276,6 +279,9 @@ fn run_on<B: Backend>(args: &VisualArgs, device: &B::Device) -> Result<()> {
         scores.push(score);
         coverage.push(p["coverage"].as_f64().unwrap_or(f64::NAN));
         let mut pair = r.clone();
+        // A visual pair has an id of its own (stable, derived from the item's), so that it and the
+        // item's text pair can sit in one training file.
+        pair.id = mmedpo_core::record::RecordId::Str(format!("{}{VISUAL_ID_SUFFIX}", r.id));
         pair.rejected_conversations = r.conversations.clone();
         pair.rejected_image = Some(p["rejected_image"].as_str().unwrap_or_default().to_string());
         pair.weighted_score = Some(score);

@@ -145,6 +145,25 @@ fn assemble_merges_weights_and_shuffles_reproducibly() {
         "{}",
         stderr(&o)
     );
+    // The same file twice: every id in two inputs, refused (never a file with duplicate ids).
+    let o = mmedpo(&[
+        "assemble",
+        "--data",
+        "data/default/pairs.json",
+        "--data",
+        "data/default/pairs.json",
+        "--seed",
+        "1",
+        "--out",
+        dir.join("e.json").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("ids 0, 1, 2, 3, 4, 5, 6, 7 are in more than one"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.join("e.json").exists());
 }
 
 #[test]

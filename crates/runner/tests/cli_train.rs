@@ -392,3 +392,33 @@ fn a_bad_value_in_a_config_file_is_reported_at_its_line() {
         "{e}"
     );
 }
+
+#[test]
+fn a_reference_file_needs_unique_ids_over_all_the_data() {
+    let model = tiny_llava("ref-dup");
+    let dir = tmp("ref-dup-out");
+    let cfg = dir.join("ref.toml");
+    std::fs::write(&cfg, "[dpo]\nreference = \"scores.jsonl\"\n").unwrap();
+    std::fs::write(dir.join("scores.jsonl"), "").unwrap();
+    let o = mmedpo(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        "data/default/pairs.json",
+        "--data",
+        "data/default/pairs.json",
+        "--image-root",
+        "data/images",
+        "--out",
+        dir.join("o").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("ids 0, 1, 2") && e.contains("a reference file is looked up by id"),
+        "{e}"
+    );
+}

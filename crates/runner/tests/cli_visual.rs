@@ -94,6 +94,11 @@ fn visual_pairs_are_valid_and_only_the_lesion_region_changes() {
     }
     let recs = read_records(&out.join("visual_pairs.json")).unwrap();
     assert_eq!(recs.len(), 8, "10 items, 2 with an unreadable image");
+    assert_eq!(
+        recs[0].id.to_string(),
+        "0-visual",
+        "a visual pair has an id of its own"
+    );
     let original = image::open(root().join("data/images/chest-xray-pa-nodules.png"))
         .unwrap()
         .to_luma8();

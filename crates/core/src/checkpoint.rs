@@ -266,14 +266,18 @@ impl Checkpoint {
         self.entries.contains_key(key)
     }
 
-    /// A tensor as stored (dtype, shape, little-endian bytes), without conversion: for tools that
-    /// rewrite a checkpoint and must keep what they do not change bit for bit.
-    pub fn raw(&self, key: &str) -> Result<RawTensor<'_>> {
-        let entry = self.entries.get(key).ok_or_else(|| Error::Keys {
+    fn entry(&self, key: &str) -> Result<&Entry> {
+        self.entries.get(key).ok_or_else(|| Error::Keys {
             dir: self.dir.clone(),
             missing: vec![key.to_string()],
             unused: vec![],
-        })?;
+        })
+    }
+
+    /// A tensor as stored (dtype, shape, little-endian bytes), without conversion: for tools that
+    /// rewrite a checkpoint and must keep what they do not change bit for bit.
+    pub fn raw(&self, key: &str) -> Result<RawTensor<'_>> {
+        let entry = self.entry(key)?;
         let path = &self.files[entry.file];
         let st =
             SafeTensors::deserialize(&self.maps[entry.file]).map_err(|e| Error::Safetensors {
@@ -353,11 +357,7 @@ impl Checkpoint {
     }
 
     fn take_data<B: Backend>(&mut self, key: &str, shape: &[usize]) -> Result<TensorData> {
-        let entry = self.entries.get(key).ok_or_else(|| Error::Keys {
-            dir: self.dir.clone(),
-            missing: vec![key.to_string()],
-            unused: vec![],
-        })?;
+        let entry = self.entry(key)?;
         let path = &self.files[entry.file];
         if entry.shape != shape {
             return Err(Error::Tensor {

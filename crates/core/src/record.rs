@@ -247,19 +247,6 @@ fn parse_file(
     // other's results.
     let mut first_at: std::collections::HashMap<String, usize> = Default::default();
     for (index, item) in items.iter().enumerate() {
-        if let Some(id) = item.get("id").filter(|id| !id.is_null()) {
-            let key = match id {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            if let Some(first) = first_at.insert(key, index) {
-                problems.push((
-                    Some(id.clone()),
-                    format!("item id {id} (index {index}): the same id as the item at index {first}; ids must be unique"),
-                ));
-                continue;
-            }
-        }
         let label = match item.get("id") {
             Some(id) if !id.is_null() => format!("item id {id} (index {index})"),
             _ => format!("item at index {index}"),
@@ -275,7 +262,14 @@ fn parse_file(
         match serde_json::from_value::<PreferenceRecord>(item) {
             Ok(r) => {
                 let p = r.problems();
-                if p.is_empty() {
+                if let Some(first) = first_at.insert(r.id.to_string(), index) {
+                    problems.push((
+                        id,
+                        format!(
+                            "{label}: the same id as the item at index {first}; ids must be unique"
+                        ),
+                    ));
+                } else if p.is_empty() {
                     records.push(r);
                 } else {
                     problems.push((id, format!("{label}: {}", p.join("; "))));
@@ -285,6 +279,17 @@ fn parse_file(
         }
     }
     Ok((records, problems))
+}
+
+/// The ids that an earlier record already has, in order (empty when all are unique). Ids key
+/// journals, caches and reference log-probs.
+pub fn repeated_ids(records: &[PreferenceRecord]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    records
+        .iter()
+        .map(|r| r.id.to_string())
+        .filter(|id| !seen.insert(id.clone()))
+        .collect()
 }
 
 /// FNV-1a 64 of some byte strings (each followed by a 0xff separator): a cheap fingerprint to

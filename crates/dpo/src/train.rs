@@ -429,12 +429,7 @@ pub fn train<B: AutodiffBackend>(
     }
     if matches!(settings.reference, Reference::File(_)) {
         // Reference log-probs are looked up by id: ids must be unique over all the files.
-        let mut seen = std::collections::HashSet::new();
-        let dup: Vec<String> = records
-            .iter()
-            .map(|r| r.id.to_string())
-            .filter(|id| !seen.insert(id.clone()))
-            .collect();
+        let dup = mmedpo_core::record::repeated_ids(records);
         if !dup.is_empty() {
             return Err(Error::Data {
                 problems: vec![format!(

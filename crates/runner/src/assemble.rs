@@ -46,12 +46,7 @@ pub fn run(args: AssembleArgs) -> Result<()> {
         })?;
     let records = load_records(&args.data)?;
     // One training file, one pair per id (journals and reference log-probs are keyed by it).
-    let mut seen = std::collections::HashSet::new();
-    let dup: Vec<String> = records
-        .iter()
-        .map(|r| r.id.to_string())
-        .filter(|id| !seen.insert(id.clone()))
-        .collect();
+    let dup = mmedpo_core::record::repeated_ids(&records);
     if !dup.is_empty() {
         anyhow::bail!(
             "ids {} are in more than one of the --data files; give each pair its own id",

@@ -133,6 +133,7 @@ pub struct Checkpoint {
     entries: BTreeMap<String, Entry>,
     report: LoadReport,
     taken: BTreeSet<String>,
+    float_dtype: Option<DType>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -248,6 +249,7 @@ impl Checkpoint {
             entries,
             report,
             taken: BTreeSet::new(),
+            float_dtype: None,
         })
     }
 
@@ -319,15 +321,29 @@ impl Checkpoint {
         }
     }
 
-    /// Takes one tensor, checking its shape, converted to the backend's float type.
+    /// The float dtype taken tensors get: the backend's float type unless
+    /// [`set_float_dtype`](Self::set_float_dtype) chose another (bf16 frozen weights on an f32
+    /// backend, as `torch_dtype=bfloat16` loads them).
+    pub fn float_dtype<B: Backend>(&self) -> DType {
+        self.float_dtype
+            .unwrap_or_else(|| <B::FloatElem as burn::tensor::Element>::dtype())
+    }
+
+    /// Makes every tensor taken from now on that dtype (f32, f16 or bf16), whatever it is on disk.
+    pub fn set_float_dtype(&mut self, dtype: DType) {
+        self.float_dtype = Some(dtype);
+    }
+
+    /// Takes one tensor, checking its shape, converted to [`float_dtype`](Self::float_dtype).
     pub fn take<B: Backend, const D: usize>(
         &mut self,
         key: &str,
         shape: [usize; D],
         device: &B::Device,
     ) -> Result<Tensor<B, D>> {
-        let data = self.take_data::<B>(key, &shape)?;
-        Ok(Tensor::from_data(data, device))
+        let dtype = self.float_dtype::<B>();
+        let data = self.take_data(key, &shape, dtype)?;
+        Ok(Tensor::from_data(data, (device, dtype)))
     }
 
     /// Takes a 2-D tensor `[rows, cols]` and returns it transposed, `[cols, rows]`, laid out
@@ -339,24 +355,26 @@ impl Checkpoint {
         shape: [usize; 2],
         device: &B::Device,
     ) -> Result<Tensor<B, 2>> {
-        let data = self.take_data::<B>(key, &shape)?;
+        let dtype = self.float_dtype::<B>();
+        let data = self.take_data(key, &shape, dtype)?;
         let [rows, cols] = shape;
-        let values: Vec<B::FloatElem> = data.into_vec().map_err(|e| Error::Tensor {
-            path: self.dir.clone(),
-            key: key.into(),
-            message: format!("{e:?}"),
-        })?;
-        let mut out = Vec::with_capacity(values.len());
+        // Transpose the elements as bytes: no value is converted twice.
+        let size = dtype.size();
+        let bytes = data.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
         for c in 0..cols {
-            out.extend((0..rows).map(|r| values[r * cols + c]));
+            for r in 0..rows {
+                let at = (r * cols + c) * size;
+                out.extend_from_slice(&bytes[at..at + size]);
+            }
         }
         Ok(Tensor::from_data(
-            TensorData::new(out, [cols, rows]),
-            device,
+            TensorData::from_bytes_vec(out, vec![cols, rows], dtype),
+            (device, dtype),
         ))
     }
 
-    fn take_data<B: Backend>(&mut self, key: &str, shape: &[usize]) -> Result<TensorData> {
+    fn take_data(&mut self, key: &str, shape: &[usize], target: DType) -> Result<TensorData> {
         let entry = self.entry(key)?;
         let path = &self.files[entry.file];
         if entry.shape != shape {
@@ -378,11 +396,9 @@ impl Checkpoint {
             ),
         })?;
         let path = path.clone();
-        // Convert on the host to the backend's float type: Flex would otherwise keep (and compute
-        // in) bf16/f16 storage.
+        // Convert on the host to the dtype asked for (no conversion when it is the stored one).
         let bytes = self.raw(key)?.data.to_vec();
-        let data =
-            TensorData::from_bytes_vec(bytes, shape.to_vec(), dtype).convert::<B::FloatElem>();
+        let data = TensorData::from_bytes_vec(bytes, shape.to_vec(), dtype).convert_dtype(target);
         // A NaN or infinite weight makes every output NaN, far from where it came from.
         if let Some((i, v)) = data.iter::<f32>().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(Error::Tensor {

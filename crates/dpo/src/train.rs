@@ -532,6 +532,11 @@ pub fn train<B: AutodiffBackend>(
         }
     }
     if settings.projector_lr.is_some() {
+        // A trained projector keeps f32 master weights over a bf16 model, as the adapter does.
+        model.multi_modal_projector = mmedpo_core::precision::cast_module(
+            model.multi_modal_projector.clone(),
+            burn::tensor::DType::F32,
+        );
         let p = &mut model.multi_modal_projector;
         for lin in [&mut p.linear_1, &mut p.linear_2] {
             lin.weight = lin.weight.clone().set_require_grad(true);

@@ -190,10 +190,14 @@ pub fn generate_from_embeds<B: Backend>(
     })
 }
 
-/// `[batch, seq, vocab]` → `[batch, vocab]` of the last position.
+/// `[batch, seq, vocab]` → `[batch, vocab]` of the last position, in f32 (transformers'
+/// `next_token_logits.to(torch.float32)`: a bf16 model samples from f32 logits).
 fn last_logits<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
     let [batch, seq, vocab] = logits.dims();
-    logits.narrow(1, seq - 1, 1).reshape([batch, vocab])
+    logits
+        .narrow(1, seq - 1, 1)
+        .reshape([batch, vocab])
+        .cast(burn::tensor::DType::F32)
 }
 
 /// Chooses tokens from logits.

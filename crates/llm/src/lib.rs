@@ -45,6 +45,6 @@ pub use config::{DecoderConfig, HfConfig, ModelType};
 pub use error::{Error, Result};
 pub use generate::{FinishReason, Generation, GenerationConfig, Sampling};
 pub use llama::{AttentionInput, KvCache, LlamaForCausalLM};
-pub use loader::{load_llm, Checkpoint, LoadReport, LoadedLlm};
+pub use loader::{load_llm, load_llm_as, Checkpoint, LoadReport, LoadedLlm};
 pub use template::{Role, Template};
 pub use tokenizer::Tokenizer;

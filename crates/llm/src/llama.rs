@@ -22,8 +22,7 @@ use burn::nn::{
 };
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
+use mmedpo_core::precision::{attention, rms_norm};
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use mmedpo_lora::LoraLinear;
@@ -350,6 +349,12 @@ impl<B: Backend> LlamaForCausalLM<B> {
         }
     }
 
+    /// The compute dtype: that of the (frozen) weights; activations stay in it except where
+    /// [`mmedpo_core::precision`] says.
+    pub fn dtype(&self) -> burn::tensor::DType {
+        self.model.embed_tokens.weight.val().dtype()
+    }
+
     /// Embeds token ids.
     ///
     /// # Shapes
@@ -459,7 +464,7 @@ impl<B: Backend> LlamaModel<B> {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(x, &cos, &sin, &attn.mask, slot);
         }
-        self.norm.forward(x)
+        rms_norm(&self.norm, x)
     }
 
     /// `cos`/`sin` tables for the given positions, `[batch, 1, seq, head_dim]` each.
@@ -484,9 +489,12 @@ impl<B: Backend> LlamaModel<B> {
             }
         }
         let shape = [batch, 1, seq, 2 * half];
+        // Computed in f32 and rounded to the compute dtype, as `LlamaRotaryEmbedding` returns
+        // `cos.to(x.dtype)`.
+        let dtype = self.embed_tokens.weight.val().dtype();
         (
-            Tensor::from_data(TensorData::new(cos, shape), device),
-            Tensor::from_data(TensorData::new(sin, shape), device),
+            Tensor::from_data(TensorData::new(cos, shape), (device, dtype)),
+            Tensor::from_data(TensorData::new(sin, shape), (device, dtype)),
         )
     }
 }
@@ -503,8 +511,8 @@ impl<B: Backend> DecoderLayer<B> {
         let h = x.clone()
             + self
                 .self_attn
-                .forward(self.input_layernorm.forward(x), cos, sin, mask, cache);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+                .forward(rms_norm(&self.input_layernorm, x), cos, sin, mask, cache);
+        h.clone() + self.mlp.forward(rms_norm(&self.post_attention_layernorm, h))
     }
 }
 
@@ -558,14 +566,7 @@ impl<B: Backend> Attention<B> {
             }
         };
         let mask = mask.clone().expand([batch, h, seq, total]);
-        let out = attention(
-            q,
-            repeat(k),
-            repeat(v),
-            Some(mask),
-            None,
-            AttentionModuleOptions::default(),
-        );
+        let out = attention(q, repeat(k), repeat(v), Some(mask));
         self.o_proj
             .forward(out.swap_dims(1, 2).reshape([batch, seq, h * hd]))
     }

@@ -167,8 +167,19 @@ pub struct LoadedLlm<B: Backend> {
 
 /// Loads an HF Llama/Mistral directory (`config.json` + safetensors), strictly.
 pub fn load_llm<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedLlm<B>> {
+    load_llm_as(dir, device, <B::FloatElem as burn::tensor::Element>::dtype())
+}
+
+/// [`load_llm`] with the weights in `dtype` (f32, f16 or bf16): the compute dtype, as
+/// `torch_dtype` sets it. Log-softmax and sampling still read f32 logits.
+pub fn load_llm_as<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+    dtype: burn::tensor::DType,
+) -> Result<LoadedLlm<B>> {
     let config = HfConfig::from_file(&dir.join("config.json"))?.into_runtime()?;
     let mut ckpt = Checkpoint::open(dir)?;
+    ckpt.set_float_dtype(dtype);
     // Report missing and unused keys together, before reading any tensor.
     let expected = expected_keys(&config, "model.", "lm_head.weight");
     let expected_set: BTreeSet<&str> = expected.iter().map(String::as_str).collect();

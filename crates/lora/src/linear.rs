@@ -49,15 +49,22 @@ impl<B: Backend> From<Linear<B>> for LoraLinear<B> {
 impl<B: Backend> LoraLinear<B> {
     /// # Shapes
     /// - `x`: `[..., d_in]` → `[..., d_out]`
+    ///
+    /// The adapter runs in its own dtype (f32 master weights under a bf16 base, as PEFT keeps
+    /// them): `x` is cast to it and the update back to the base output's dtype, as PEFT's
+    /// `_cast_input_dtype` and `result.to(torch_result_dtype)` do.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let base = self.base_layer.forward(x.clone());
         match &self.lora {
             None => base,
             Some(a) => {
-                base + a
+                let dtype = base.dtype();
+                let x = x.cast(a.lora_A.weight.val().dtype());
+                let update = a
                     .lora_B
                     .forward(a.lora_A.forward(a.dropout.forward(x)))
-                    .mul_scalar(a.scaling)
+                    .mul_scalar(a.scaling);
+                base + update.cast(dtype)
             }
         }
     }
@@ -90,15 +97,17 @@ impl<B: Backend> LoraLinear<B> {
         });
     }
 
-    /// Attaches an adapter from PEFT-layout weights: `a` `[r, d_in]`, `b` `[d_out, r]`.
+    /// Attaches an adapter from PEFT-layout weights: `a` `[r, d_in]`, `b` `[d_out, r]`, kept in
+    /// f32 whatever their dtype (the adapter's master weights).
     pub fn attach_weights(&mut self, a: Tensor<B, 2>, b: Tensor<B, 2>, config: &LoraConfig) {
+        let f32 = burn::tensor::DType::F32;
         self.lora = Some(LoraAdapter {
             lora_A: Linear {
-                weight: Param::from_tensor(contiguous(a.transpose())),
+                weight: Param::from_tensor(contiguous(a.transpose()).cast(f32)),
                 bias: None,
             },
             lora_B: Linear {
-                weight: Param::from_tensor(contiguous(b.transpose())),
+                weight: Param::from_tensor(contiguous(b.transpose()).cast(f32)),
                 bias: None,
             },
             dropout: DropoutConfig::new(config.lora_dropout).init(),
@@ -126,7 +135,12 @@ impl<B: Backend> LoraLinear<B> {
                     .val()
                     .matmul(a.lora_B.weight.val())
                     .mul_scalar(a.scaling);
-                let weight = self.base_layer.weight.map(|w| w + delta);
+                // In f32, rounded once to the base weight's dtype.
+                let weight = self.base_layer.weight.map(|w| {
+                    let dtype = w.dtype();
+                    (w.cast(burn::tensor::DType::F32) + delta.cast(burn::tensor::DType::F32))
+                        .cast(dtype)
+                });
                 Linear {
                     weight,
                     bias: self.base_layer.bias,

@@ -27,5 +27,5 @@ pub use config::{Layout, LlavaConfig};
 pub use error::{Error, Result};
 pub use llava::{LlavaForConditionalGeneration, MultimodalInputs, Sequence};
 pub use loader::save_llava;
-pub use loader::{load_llava, LoadedLlava};
+pub use loader::{load_llava, load_llava_as, LoadedLlava};
 pub use mmedpo_llm::Tokenizer;

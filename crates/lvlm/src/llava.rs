@@ -13,7 +13,7 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{gelu, log_softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use mmedpo_llm::{AttentionInput, LlamaForCausalLM};
 use mmedpo_vision::ClipVisionModel;
 
@@ -77,7 +77,10 @@ impl<B: Backend> Projector<B> {
 
     /// # Shapes
     /// - `x`: `[n, tokens, vision_hidden]` → `[n, tokens, text_hidden]`
+    ///
+    /// Runs in the projector's own dtype (f32 when it is trained over a bf16 model).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = x.cast(self.linear_1.weight.val().dtype());
         self.linear_2.forward(gelu(self.linear_1.forward(x)))
     }
 }
@@ -150,6 +153,8 @@ impl<B: Backend> LlavaForConditionalGeneration<B> {
         pad_left: bool,
     ) -> Result<MultimodalInputs<B>> {
         let device = features.device();
+        let dtype = self.language_model.dtype();
+        let features = features.cast(dtype);
         let [n_img, tokens, hidden] = features.dims();
         let mut rows = Vec::with_capacity(seqs.len());
         let mut labels = Vec::with_capacity(seqs.len());
@@ -251,7 +256,7 @@ impl<B: Backend> LlavaForConditionalGeneration<B> {
             let (row, valid) = if pad == 0 {
                 (row, vec![true; len])
             } else {
-                let zeros = Tensor::<B, 2>::zeros([pad, hidden], &device);
+                let zeros = Tensor::<B, 2>::zeros([pad, hidden], (&device, dtype));
                 if pad_left {
                     lab.splice(0..0, std::iter::repeat_n(IGNORE_INDEX, pad));
                     (
@@ -332,10 +337,12 @@ impl<B: Backend> LlavaForConditionalGeneration<B> {
             .reshape([batch * len, d])
             .select(0, idx)
             .reshape([1, n, d]);
+        // Logits in the compute dtype, log-softmax and sums in f32 (`logits.float()`).
         let logp = log_softmax(
             self.language_model
                 .logits(picked)
-                .reshape([n, self.language_model.vocab_size()]),
+                .reshape([n, self.language_model.vocab_size()])
+                .cast(DType::F32),
             1,
         );
         let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, 1]), &device);
@@ -373,7 +380,7 @@ pub fn sequence_logps<B: Backend>(
             mask.push(if scored { 1f32 } else { 0f32 });
         }
     }
-    let logp = log_softmax(logits.narrow(1, 0, len - 1), 2);
+    let logp = log_softmax(logits.narrow(1, 0, len - 1).cast(DType::F32), 2);
     let targets =
         Tensor::<B, 3, Int>::from_data(TensorData::new(targets, [batch, len - 1, 1]), &device);
     let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [batch, len - 1]), &device);

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use mmedpo_core::checkpoint::{Checkpoint, LoadReport};
 use mmedpo_llm::loader::take_llm;
-use mmedpo_vision::loader::{find_prefix, load_clip, take_clip};
+use mmedpo_vision::loader::{find_prefix, load_clip_as, take_clip};
 use mmedpo_vision::ClipVisionConfig;
 
 use crate::config::{Layout, LlavaConfig, SelectFeature};
@@ -82,6 +82,22 @@ pub fn load_llava<B: Backend>(
     vision_tower: Option<&Path>,
     device: &B::Device,
 ) -> Result<LoadedLlava<B>> {
+    load_llava_as(
+        dir,
+        vision_tower,
+        device,
+        <B::FloatElem as burn::tensor::Element>::dtype(),
+    )
+}
+
+/// [`load_llava`] with every weight in `dtype` (f32, f16 or bf16), the model's compute dtype, as
+/// LLaVA's `load_pretrained_model` with `torch_dtype` does. Adapters attached later stay f32.
+pub fn load_llava_as<B: Backend>(
+    dir: &Path,
+    vision_tower: Option<&Path>,
+    device: &B::Device,
+    dtype: burn::tensor::DType,
+) -> Result<LoadedLlava<B>> {
     if !dir.is_dir() {
         return Err(mmedpo_core::Error::io(
             dir,
@@ -91,6 +107,7 @@ pub fn load_llava<B: Backend>(
     }
     let mut config = LlavaConfig::from_file(&dir.join("config.json"))?;
     let mut ckpt = Checkpoint::open(dir)?;
+    ckpt.set_float_dtype(dtype);
     let (llm_prefix, head) = llm_keys(&ckpt).ok_or_else(|| Error::InFile {
         path: dir.to_path_buf(),
         message: "no language-model embedding (`*embed_tokens.weight`) in the checkpoint".into(),
@@ -118,7 +135,7 @@ pub fn load_llava<B: Backend>(
             if let Some(prefix) = &shard_prefix {
                 ckpt.ignore_prefix(prefix, "vision tower taken from --vision-tower instead");
             }
-            let (tower, vcfg, report) = load_clip::<B>(&path, device)?;
+            let (tower, vcfg, report) = load_clip_as::<B>(&path, device, dtype)?;
             config.vision = Some(vcfg);
             tower_report = Some(report);
             tower

@@ -19,7 +19,7 @@ use mmedpo_core::record::{fingerprint_u64, read_items};
 use mmedpo_curation::{judge, to_record, CandidateSampler, Item, JudgePrompts, Verdict};
 use mmedpo_llm::{GenerationConfig, Sampling, Template, Tokenizer};
 use mmedpo_lvlm::generate::generate_answers;
-use mmedpo_lvlm::{load_llava, LlavaForConditionalGeneration};
+use mmedpo_lvlm::{load_llava_as, LlavaForConditionalGeneration};
 use mmedpo_vision::AspectRatio;
 
 use crate::common::{check_vocab, load_tokenizer};
@@ -89,7 +89,7 @@ pub struct CurateArgs {
     /// Where the target model runs.
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
-    /// Float type of the target model (bf16 needs --device cuda).
+    /// Float type of the target model .
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
 }
@@ -152,7 +152,7 @@ impl<B: Backend> CandidateSampler for LlavaSampler<'_, B> {
 
 /// Runs `mmedpo curate-text`.
 pub fn run(args: CurateArgs) -> Result<()> {
-    with_backend!(args.device, args.dtype, |B, device| run_on::<B>(
+    with_backend!(args.device, |B, device| run_on::<B>(
         &args, &device
     ))
 }
@@ -190,7 +190,7 @@ fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<()> {
         &args.local,
     )?;
     let tokenizer = load_tokenizer(&args.model, args.tokenizer.as_deref())?;
-    let llava = load_llava::<B>(&args.model, args.vision_tower.as_deref(), device)?;
+    let llava = load_llava_as::<B>(&args.model, args.vision_tower.as_deref(), device, args.dtype.burn())?;
     check_vocab(&tokenizer, llava.config.text.vocab_size, &args.model)?;
     let mut sampler = LlavaSampler {
         model: &llava.model,

@@ -15,7 +15,7 @@ use mmedpo_eval::vqa::{closed_hit, open_recall};
 use mmedpo_eval::wordnet::WordNet;
 use mmedpo_llm::{GenerationConfig, Sampling, Template};
 use mmedpo_lvlm::generate::generate_answers;
-use mmedpo_lvlm::load_llava;
+use mmedpo_lvlm::load_llava_as;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{check_vocab, load_tokenizer};
@@ -376,7 +376,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if let Some(files) = &args.compare {
         return compare(&files[0], &files[1]);
     }
-    with_backend!(args.device, args.dtype, |B, device| run_on::<B>(
+    with_backend!(args.device, |B, device| run_on::<B>(
         &args, &device
     ))
 }
@@ -417,7 +417,7 @@ fn run_on<B: Backend>(args: &EvalArgs, device: &B::Device) -> Result<()> {
         .filter(|(_, it)| !done.contains(&it.id.to_string()))
         .collect();
     let tokenizer = load_tokenizer(model_dir, args.tokenizer.as_deref())?;
-    let mut llava = load_llava::<B>(model_dir, args.vision_tower.as_deref(), device)?;
+    let mut llava = load_llava_as::<B>(model_dir, args.vision_tower.as_deref(), device, args.dtype.burn())?;
     check_vocab(&tokenizer, llava.config.text.vocab_size, model_dir)?;
     if let Some(a) = &args.adapter {
         llava.model.load_adapter(a, device)?;

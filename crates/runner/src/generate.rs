@@ -6,9 +6,9 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use clap::Args;
 use mmedpo_llm::generate::generate;
-use mmedpo_llm::{load_llm, Generation, GenerationConfig, Sampling, Template, Tokenizer};
+use mmedpo_llm::{load_llm_as, Generation, GenerationConfig, Sampling, Template, Tokenizer};
 use mmedpo_lvlm::generate::generate_answers;
-use mmedpo_lvlm::load_llava;
+use mmedpo_lvlm::load_llava_as;
 
 use crate::common::{check_vocab, load_tokenizer};
 
@@ -55,14 +55,14 @@ pub struct GenerateArgs {
     /// Backend.
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
-    /// Float type (bf16 needs --device cuda).
+    /// Float type .
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
 }
 
 /// Runs `mmedpo generate`.
 pub fn run(args: GenerateArgs) -> Result<()> {
-    with_backend!(args.device, args.dtype, |B, device| run_on::<B>(
+    with_backend!(args.device, |B, device| run_on::<B>(
         &args, &device
     ))
 }
@@ -86,7 +86,7 @@ fn run_on<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
         },
     };
     if let Some(image) = &args.image {
-        let llava = load_llava::<B>(&args.model, args.vision_tower.as_deref(), device)?;
+        let llava = load_llava_as::<B>(&args.model, args.vision_tower.as_deref(), device, args.dtype.burn())?;
         check_vocab(&tokenizer, llava.config.text.vocab_size, &args.model)?;
         let config = GenerationConfig {
             max_new_tokens: args.max_new_tokens,
@@ -109,7 +109,7 @@ fn run_on<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
         )?;
         return print_result(&tokenizer, &out, args.json);
     }
-    let llm = load_llm::<B>(&args.model, device)
+    let llm = load_llm_as::<B>(&args.model, device, args.dtype.burn())
         .with_context(|| format!("loading {}", args.model.display()))?;
     check_vocab(&tokenizer, llm.config.vocab_size, &args.model)?;
     let text = match template {

@@ -81,42 +81,53 @@ pub enum DeviceKind {
     Cuda,
 }
 
-/// Float type of the CUDA backend.
+/// Compute dtype of a model: the dtype its frozen weights are held and multiplied in. Adapters
+/// (and a trained projector) stay f32, as do log-softmax, log-prob sums, losses and sampling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Dtype {
     /// 32-bit floats.
     F32,
-    /// bfloat16 (CUDA only).
+    /// bfloat16 (LLaVA-Med's stored dtype; half the memory; on the CPU as on CUDA).
     Bf16,
 }
 
-/// Runs `$body` with the type alias `B` and value `device` bound to the chosen backend.
+impl Dtype {
+    /// The Burn dtype.
+    pub fn burn(self) -> burn::tensor::DType {
+        match self {
+            Dtype::F32 => burn::tensor::DType::F32,
+            Dtype::Bf16 => burn::tensor::DType::BF16,
+        }
+    }
+
+    /// The name used on the command line and in files (`f32`, `bf16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Runs `$body` with the type alias `B` and value `device` bound to the chosen backend. The
+/// backend's default float type is f32 on both; a bf16 model is bf16 *tensors* on it.
 #[macro_export]
 macro_rules! with_backend {
-    ($kind:expr, $dtype:expr, |$B:ident, $device:ident| $body:expr) => {{
-        match ($kind, $dtype) {
-            ($crate::DeviceKind::Cpu, $crate::Dtype::F32) => {
+    ($kind:expr, |$B:ident, $device:ident| $body:expr) => {{
+        match $kind {
+            $crate::DeviceKind::Cpu => {
                 type $B = mmedpo_core::backend::Cpu;
                 let $device = Default::default();
                 $body
             }
-            ($crate::DeviceKind::Cpu, $crate::Dtype::Bf16) => {
-                anyhow::bail!("--dtype bf16 is for --device cuda; the CPU backend computes in f32")
-            }
             #[cfg(feature = "cuda")]
-            ($crate::DeviceKind::Cuda, $crate::Dtype::F32) => {
+            $crate::DeviceKind::Cuda => {
                 type $B = mmedpo_core::backend::Gpu;
                 let $device = burn::backend::cuda::CudaDevice::new(0);
                 $body
             }
-            #[cfg(feature = "cuda")]
-            ($crate::DeviceKind::Cuda, $crate::Dtype::Bf16) => {
-                type $B = mmedpo_core::backend::GpuBf16;
-                let $device = burn::backend::cuda::CudaDevice::new(0);
-                $body
-            }
             #[cfg(not(feature = "cuda"))]
-            ($crate::DeviceKind::Cuda, _) => {
+            $crate::DeviceKind::Cuda => {
                 anyhow::bail!("this mmedpo was built without CUDA; rebuild with `cargo build --release --features cuda`")
             }
         }

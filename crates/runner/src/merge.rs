@@ -8,7 +8,7 @@ use clap::Args;
 use mmedpo_core::checkpoint::{Dtype as StoredDtype, DEFAULT_MAX_SHARD_BYTES};
 use mmedpo_lvlm::merge::{merge_adapter, MergeOptions};
 
-use crate::{with_backend, DeviceKind, Dtype};
+use crate::{with_backend, DeviceKind};
 
 /// Arguments of `mmedpo merge`.
 #[derive(Args, Debug)]
@@ -104,7 +104,7 @@ pub fn run(args: MergeArgs) -> Result<()> {
             OutDtype::F16 => Some(StoredDtype::F16),
         },
     };
-    let report = with_backend!(args.device, Dtype::F32, |B, device| merge_adapter::<B>(
+    let report = with_backend!(args.device, |B, device| merge_adapter::<B>(
         &args.model,
         &args.adapter,
         &args.out,

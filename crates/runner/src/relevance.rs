@@ -22,7 +22,7 @@ use mmedpo_scorer::prompts::Prompts;
 use mmedpo_scorer::{Agent, Protocol, ScoreRequest};
 
 use crate::journal::{append, by_id, complete_lines, side};
-use crate::{with_backend, DeviceKind, Dtype};
+use crate::{with_backend, DeviceKind};
 
 /// Arguments of `mmedpo score-relevance`.
 #[derive(Args, Debug)]
@@ -102,7 +102,7 @@ pub fn parse_agent(
             max_new_tokens: local.local_max_new_tokens,
             ..LocalSettings::default()
         };
-        return with_backend!(local.local_device, Dtype::F32, |B, device| {
+        return with_backend!(local.local_device, |B, device| {
             let agent = LocalAgent::load::<B>(&dir, settings, &device)
                 .with_context(|| format!("--agent {spec}"))?;
             Ok(Box::new(agent) as Box<dyn Agent>)

@@ -13,7 +13,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use mmedpo_core::record::{read_records_lenient, PreferenceRecord};
 use mmedpo_llm::Template;
-use mmedpo_lvlm::load_llava;
+use mmedpo_lvlm::load_llava_as;
 use mmedpo_lvlm::score::{prepare_pair, score_pairs, PairSettings, ScoreMeta};
 
 use crate::common::load_tokenizer;
@@ -55,14 +55,14 @@ pub struct ScoreArgs {
     /// Backend.
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
-    /// Float type (bf16 needs --device cuda).
+    /// Float type .
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
 }
 
 /// Runs `mmedpo score`.
 pub fn run(args: ScoreArgs) -> Result<()> {
-    with_backend!(args.device, args.dtype, |B, device| run_on::<B>(
+    with_backend!(args.device, |B, device| run_on::<B>(
         &args, &device
     ))
 }
@@ -136,7 +136,7 @@ fn run_on<B: Backend>(args: &ScoreArgs, device: &B::Device) -> Result<()> {
     );
 
     let tokenizer = load_tokenizer(&args.model, args.tokenizer.as_deref())?;
-    let mut llava = load_llava::<B>(&args.model, args.vision_tower.as_deref(), device)?;
+    let mut llava = load_llava_as::<B>(&args.model, args.vision_tower.as_deref(), device, args.dtype.burn())?;
     if let Some(adapter) = &args.adapter {
         llava.model.load_adapter(adapter, device)?;
     }

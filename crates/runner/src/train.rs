@@ -18,7 +18,7 @@ use mmedpo_llm::Template;
 use mmedpo_lora::config::TargetModules;
 use mmedpo_lora::LoraConfig;
 use mmedpo_lvlm::score::{PairSettings, ScoreMeta};
-use mmedpo_lvlm::{load_llava, save_llava, Layout, LlavaConfig};
+use mmedpo_lvlm::{load_llava_as, save_llava, Layout, LlavaConfig};
 use mmedpo_vision::preprocess::AspectRatio;
 use serde::{Deserialize, Serialize};
 
@@ -522,15 +522,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "cuda" => DeviceKind::Cuda,
         other => bail!("device = {other:?}: expected \"cpu\" or \"cuda\""),
     };
-    match (kind, config.dtype.as_str()) {
-        (DeviceKind::Cpu, "f32") => run_on::<mmedpo_core::backend::CpuAutodiff>(&config, args.resume, &Default::default()),
+    let dtype = match config.dtype.as_str() {
+        "f32" => Dtype::F32,
+        "bf16" => Dtype::Bf16,
+        other => bail!("dtype = {other:?}: expected \"f32\" or \"bf16\""),
+    };
+    match kind {
+        DeviceKind::Cpu => run_on::<mmedpo_core::backend::CpuAutodiff>(&config, dtype, args.resume, &Default::default()),
         #[cfg(feature = "cuda")]
-        (DeviceKind::Cuda, "f32") => run_on::<burn::backend::Autodiff<mmedpo_core::backend::Gpu>>(&config, args.resume, &burn::backend::cuda::CudaDevice::new(0)),
-        #[cfg(feature = "cuda")]
-        (DeviceKind::Cuda, "bf16") => run_on::<burn::backend::Autodiff<mmedpo_core::backend::GpuBf16>>(&config, args.resume, &burn::backend::cuda::CudaDevice::new(0)),
+        DeviceKind::Cuda => run_on::<burn::backend::Autodiff<mmedpo_core::backend::Gpu>>(&config, dtype, args.resume, &burn::backend::cuda::CudaDevice::new(0)),
         #[cfg(not(feature = "cuda"))]
-        (DeviceKind::Cuda, _) => bail!("this mmedpo was built without CUDA; rebuild with `cargo build --release --features cuda`"),
-        (_, other) => bail!("dtype = {other:?} is not available on {kind:?} (cpu: f32; cuda: f32 or bf16)"),
+        DeviceKind::Cuda => bail!("this mmedpo was built without CUDA; rebuild with `cargo build --release --features cuda`"),
     }
 }
 
@@ -587,6 +589,7 @@ fn train_settings(
 
 fn run_on<B: AutodiffBackend>(
     config: &TrainConfig,
+    dtype: Dtype,
     resume: bool,
     device: &B::Device,
 ) -> Result<()> {
@@ -596,7 +599,12 @@ fn run_on<B: AutodiffBackend>(
     train_settings(config, template, AspectRatio::Pad, 336, Layout::Hf).validate()?;
     let records = load_records(&config.data)?;
     let tokenizer = load_tokenizer(&config.model, config.tokenizer.as_deref())?;
-    let loaded = load_llava::<B>(&config.model, config.vision_tower.as_deref(), device)?;
+    let loaded = load_llava_as::<B>(
+        &config.model,
+        config.vision_tower.as_deref(),
+        device,
+        dtype.burn(),
+    )?;
     check_vocab(&tokenizer, loaded.config.text.vocab_size, &config.model)?;
     let meta = match config.dpo.reference.as_str() {
         "adapter-off" => None,

@@ -28,7 +28,7 @@ use mmedpo_medklip::overlay::overlay;
 use mmedpo_medklip::{add_noise, lesion_map, observation_index, Medklip, NoiseMode};
 
 use crate::journal::{append, by_id};
-use crate::{with_backend, DeviceKind, Dtype};
+use crate::{with_backend, DeviceKind};
 
 /// Arguments of `mmedpo visual-pairs`.
 #[derive(Args, Debug)]
@@ -119,7 +119,7 @@ fn rejected_path(root: &Path, png: &Path) -> String {
 
 /// Runs `mmedpo visual-pairs`.
 pub fn run(args: VisualArgs) -> Result<()> {
-    with_backend!(args.device, Dtype::F32, |B, device| run_on::<B>(
+    with_backend!(args.device, |B, device| run_on::<B>(
         &args, &device
     ))
 }

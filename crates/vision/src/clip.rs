@@ -14,8 +14,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
+use mmedpo_core::precision::{attention, layer_norm};
 use burn::tensor::{Distribution, Int, Tensor};
 
 use crate::config::{ClipActivation, ClipVisionConfig};
@@ -168,10 +167,8 @@ impl<B: Backend> ClipVisionModel<B> {
             select_layer
         };
         let index = index.clamp(0, n) as usize;
-        let mut x = self
-            .vision_model
-            .pre_layrnorm
-            .forward(self.vision_model.embeddings.forward(pixels));
+        let x = self.vision_model.embeddings.forward(pixels);
+        let mut x = layer_norm(&self.vision_model.pre_layrnorm, x);
         for layer in &self.vision_model.encoder.layers[..index] {
             x = layer.forward(x);
         }
@@ -189,7 +186,7 @@ impl<B: Backend> ClipVisionModel<B> {
         let last = self.features(pixels, self.vision_model.encoder.layers.len() as i64, false);
         let [b, _, d] = last.dims();
         let cls = last.clone().slice([0..b, 0..1, 0..d]).reshape([b, d]);
-        (last, self.vision_model.post_layernorm.forward(cls))
+        (last, layer_norm(&self.vision_model.post_layernorm, cls))
     }
 }
 
@@ -197,6 +194,8 @@ impl<B: Backend> ClipVisionEmbeddings<B> {
     /// # Shapes
     /// - `pixels`: `[batch, 3, image, image]` → `[batch, 1 + patches, hidden]`
     pub fn forward(&self, pixels: Tensor<B, 4>) -> Tensor<B, 3> {
+        // Pixels come in f32 and run in the tower's dtype (`pixel_values.to(self.dtype)`).
+        let pixels = pixels.cast(self.patch_embedding.weight.val().dtype());
         let patches = self.patch_embedding.forward(pixels); // [b, d, g, g]
         let [b, d, gh, gw] = patches.dims();
         let patches = patches.reshape([b, d, gh * gw]).swap_dims(1, 2); // [b, g*g, d]
@@ -214,8 +213,8 @@ impl<B: Backend> ClipVisionEmbeddings<B> {
 
 impl<B: Backend> ClipEncoderLayer<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
-        h.clone() + self.mlp.forward(self.layer_norm2.forward(h))
+        let h = x.clone() + self.self_attn.forward(layer_norm(&self.layer_norm1, x));
+        h.clone() + self.mlp.forward(layer_norm(&self.layer_norm2, h))
     }
 }
 
@@ -227,7 +226,7 @@ impl<B: Backend> ClipAttention<B> {
         let q = split(self.q_proj.forward(x.clone()));
         let k = split(self.k_proj.forward(x.clone()));
         let v = split(self.v_proj.forward(x));
-        let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
+        let out = attention(q, k, v, None);
         self.out_proj
             .forward(out.swap_dims(1, 2).reshape([b, t, d]))
     }

@@ -151,8 +151,18 @@ pub fn load_clip<B: Backend>(
     dir: &Path,
     device: &B::Device,
 ) -> Result<(ClipVisionModel<B>, ClipVisionConfig, LoadReport)> {
+    load_clip_as(dir, device, <B::FloatElem as burn::tensor::Element>::dtype())
+}
+
+/// [`load_clip`] with the weights in `dtype` (f32, f16 or bf16; the tower then computes in it).
+pub fn load_clip_as<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+    dtype: burn::tensor::DType,
+) -> Result<(ClipVisionModel<B>, ClipVisionConfig, LoadReport)> {
     let config = ClipVisionConfig::from_file(&dir.join("config.json"))?;
     let mut ckpt = Checkpoint::open(dir)?;
+    ckpt.set_float_dtype(dtype);
     let prefix = find_prefix(&ckpt).unwrap_or_else(|| "vision_model.".into());
     let model = take_clip(&mut ckpt, &config, &prefix, device)?;
     for (p, why) in [

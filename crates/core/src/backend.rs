@@ -4,7 +4,8 @@
 //! aliases name the concrete ones the binaries and tests use.
 //!
 //! * [`Cpu`]: Burn's Flex backend (pure Rust, SIMD + rayon), the CPU backend of tests and CI.
-//! * [`Gpu`] (feature `cuda`): burn-cuda with f32 elements; [`GpuBf16`] with bf16 elements.
+//! * [`Gpu`] (feature `cuda`): burn-cuda with f32 as its default float type. A bf16 model on it
+//!   is bf16 *tensors* (see [`crate::precision`]): LoRA masters, losses and log-softmax stay f32.
 //!   The CUDA driver is loaded at run time, so a `cuda` build also runs (on Flex) where no GPU exists.
 //! * [`NdArray`] (feature `ndarray`): only for the Flex-versus-ndarray comparison in `mmedpo bench`.
 
@@ -20,10 +21,6 @@ pub type TestBackend = Cpu;
 /// CUDA backend, f32 elements.
 #[cfg(feature = "cuda")]
 pub type Gpu = burn::backend::Cuda<f32, i32>;
-
-/// CUDA backend, bf16 elements (the dtype LLaVA-Med's weights are stored in).
-#[cfg(feature = "cuda")]
-pub type GpuBf16 = burn::backend::Cuda<burn::tensor::bf16, i32>;
 
 /// The ndarray CPU backend, kept only to compare Flex against it.
 #[cfg(feature = "ndarray")]

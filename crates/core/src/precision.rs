@@ -64,7 +64,10 @@ pub fn attention<B: Backend>(
         return burn_attention(q, k, v, mask, None, AttentionModuleOptions::default());
     }
     let scale = 1.0 / (q.dims()[3] as f64).sqrt();
-    let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale).cast(DType::F32);
+    let scores = q
+        .matmul(k.swap_dims(2, 3))
+        .mul_scalar(scale)
+        .cast(DType::F32);
     let scores = match mask {
         Some(m) => scores.mask_fill(m, f32::NEG_INFINITY),
         None => scores,
@@ -109,7 +112,10 @@ mod tests {
     fn max_diff(a: Tensor<B, 3>, b: Tensor<B, 3>) -> f32 {
         let a: Vec<f32> = a.cast(DType::F32).into_data().to_vec().unwrap();
         let b: Vec<f32> = b.cast(DType::F32).into_data().to_vec().unwrap();
-        a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
     }
 
     #[test]

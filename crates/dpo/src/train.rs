@@ -21,7 +21,8 @@ use burn::tensor::{ElementConversion, Tensor, TensorData};
 use mmedpo_core::record::PreferenceRecord;
 use mmedpo_lora::LoraConfig;
 use mmedpo_lvlm::score::{
-    pair_logps, prepare_pair, PairScore, PairSettings, PreparedPair, ScoreMeta,
+    pair_images, pair_logps_with_features, prepare_pair, stack_pixels, PairScore, PairSettings,
+    PreparedPair, ScoreMeta,
 };
 use mmedpo_lvlm::{Layout, LlavaForConditionalGeneration, Tokenizer};
 use serde::{Deserialize, Serialize};
@@ -276,12 +277,27 @@ pub fn loss_and_grads<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Gradients<B>> {
     let size = settings.pairs.image_size as usize;
-    let policy = pair_logps(model, pairs, size, device)?;
+    // The frozen tower runs once per distinct image, without autodiff; its features serve the
+    // policy and the reference (and the projector's output too, unless it is trained).
+    let inner = model.valid();
+    let (images, image_of) = pair_images(pairs);
+    let tower = inner.tower_features(stack_pixels::<Inner<B>>(&images, size, device));
+    let projected = (settings.projector_lr.is_none())
+        .then(|| inner.multi_modal_projector.forward(tower.clone()));
+    let policy_features = match &projected {
+        Some(p) => Tensor::from_inner(p.clone()),
+        None => model
+            .multi_modal_projector
+            .forward(Tensor::from_inner(tower.clone())),
+    };
+    let policy = pair_logps_with_features(model, pairs, policy_features, &image_of)?;
     let (rc, rr) = match reference {
         Some((c, r)) => (c.to_vec(), r.to_vec()),
         None => {
-            let reference = model.valid().reference();
-            let out = pair_logps(&reference, pairs, size, device)?;
+            let reference = inner.reference();
+            let features =
+                projected.unwrap_or_else(|| reference.multi_modal_projector.forward(tower));
+            let out = pair_logps_with_features(&reference, pairs, features, &image_of)?;
             (to_vec(out.chosen), to_vec(out.rejected))
         }
     };
@@ -339,12 +355,15 @@ fn read_reference(
             path: meta_path.clone(),
             cause,
         })?;
-    if &meta != expected {
+    // The reference is the base model (no adapter) on the same data, template and dtype.
+    let changed = meta.differences(expected);
+    if !changed.is_empty() {
         return Err(Error::StaleCache {
             path: path.to_path_buf(),
             message: format!(
-                "reference log-probs were computed for other inputs (model {} vs {}, data {} vs {}, template {} vs {}); rerun `mmedpo score`",
-                meta.model_fingerprint, expected.model_fingerprint, meta.data_fingerprint, expected.data_fingerprint, meta.template, expected.template
+                "reference log-probs were computed for other inputs ({}; the file's value first); \
+                 rerun `mmedpo score` on the base model without --adapter",
+                changed.join(", ")
             ),
         });
     }
@@ -552,177 +571,164 @@ pub fn train<B: AutodiffBackend>(
     }
 
     let mut ran = 0;
-    for step in start..total {
-        let step_start = std::time::Instant::now();
-        B::seed(device, settings.seed.wrapping_add(step as u64));
-        let mut acc: BTreeMap<String, Tensor<Inner<B>, 1>> = BTreeMap::new();
-        let (mut loss, mut metrics, mut count) = (0.0, [0.0f64; 6], 0usize);
-        let mut step_ids: Vec<String> = vec![];
-        for a in 0..settings.grad_accum {
-            let micro = step * settings.grad_accum + a;
-            let (epoch, pos) = (micro / micro_per_epoch, micro % micro_per_epoch);
-            let order = epoch_order(n, settings.seed, epoch);
-            let idx: Vec<usize> =
-                order[pos * settings.batch_size..((pos + 1) * settings.batch_size).min(n)].to_vec();
-            let prepared: Vec<PreparedPair> = idx
-                .iter()
-                .map(|&i| prepare_pair(tok, &settings.pairs, &records[i]))
-                .collect::<Result<_, _>>()?;
-            let w: Vec<f64> = idx.iter().map(|&i| weights[i]).collect();
-            let refs = reference.as_ref().map(|m| {
-                let c: Vec<f64> = idx
+    // Pair `pos` of micro-batch `micro`, in the seeded epoch order.
+    let batch_size = settings.batch_size;
+    let micro_indices = move |micro: usize| -> Vec<usize> {
+        let (epoch, pos) = (micro / micro_per_epoch, micro % micro_per_epoch);
+        let order = epoch_order(n, settings.seed, epoch);
+        order[pos * batch_size..((pos + 1) * batch_size).min(n)].to_vec()
+    };
+    // Tokenizing and decoding the images of the next micro-batches happen on a worker thread while
+    // the current step computes (at most two batches ahead).
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<mmedpo_lvlm::Result<Vec<PreparedPair>>>(2);
+        let grad_accum = settings.grad_accum;
+        let pairs_settings = &settings.pairs;
+        scope.spawn(move || {
+            for micro in start * grad_accum..total * grad_accum {
+                let batch = micro_indices(micro)
                     .iter()
-                    .map(|&i| m[&records[i].id.to_string()].0)
+                    .map(|&i| prepare_pair(tok, pairs_settings, &records[i]))
                     .collect();
-                let r: Vec<f64> = idx
-                    .iter()
-                    .map(|&i| m[&records[i].id.to_string()].1)
-                    .collect();
-                (c, r)
-            });
-            let g = loss_and_grads(
-                &mut model,
-                &prepared,
-                &w,
-                refs.as_ref().map(|(c, r)| (c.as_slice(), r.as_slice())),
-                settings,
-                1.0 / settings.grad_accum as f64,
-                device,
-            )?;
-            let ids: Vec<String> = idx.iter().map(|&i| records[i].id.to_string()).collect();
-            let non_finite = |what: String| Error::NonFinite {
-                step: step + 1,
-                what,
-                ids: ids.join(", "),
-            };
-            let names = [
-                "policy chosen",
-                "policy rejected",
-                "reference chosen",
-                "reference rejected",
-            ];
-            for (name, values) in names.iter().zip(&g.logps) {
-                if let Some(v) = values.iter().find(|v| !v.is_finite()) {
-                    return Err(non_finite(format!("a {name} log-prob ({v})")));
+                if tx.send(batch).is_err() {
+                    return; // the trainer stopped
                 }
             }
-            if !g.loss.is_finite() {
-                return Err(non_finite(format!("the loss ({})", g.loss)));
-            }
-            step_ids.extend(ids);
-            for (k, v) in g.grads {
-                let sum = match acc.remove(&k) {
-                    Some(prev) => prev + v,
-                    None => v,
+        });
+        for step in start..total {
+            let step_start = std::time::Instant::now();
+            B::seed(device, settings.seed.wrapping_add(step as u64));
+            let mut acc: BTreeMap<String, Tensor<Inner<B>, 1>> = BTreeMap::new();
+            let (mut loss, mut metrics, mut count) = (0.0, [0.0f64; 6], 0usize);
+            let mut step_ids: Vec<String> = vec![];
+            for a in 0..settings.grad_accum {
+                let idx = micro_indices(step * settings.grad_accum + a);
+                let prepared: Vec<PreparedPair> = rx
+                    .recv()
+                    .map_err(|_| Error::Setting("the data worker thread stopped".into()))??;
+                let w: Vec<f64> = idx.iter().map(|&i| weights[i]).collect();
+                let refs = reference.as_ref().map(|m| {
+                    let c: Vec<f64> = idx
+                        .iter()
+                        .map(|&i| m[&records[i].id.to_string()].0)
+                        .collect();
+                    let r: Vec<f64> = idx
+                        .iter()
+                        .map(|&i| m[&records[i].id.to_string()].1)
+                        .collect();
+                    (c, r)
+                });
+                let g = loss_and_grads(
+                    &mut model,
+                    &prepared,
+                    &w,
+                    refs.as_ref().map(|(c, r)| (c.as_slice(), r.as_slice())),
+                    settings,
+                    1.0 / settings.grad_accum as f64,
+                    device,
+                )?;
+                let ids: Vec<String> = idx.iter().map(|&i| records[i].id.to_string()).collect();
+                let non_finite = |what: String| Error::NonFinite {
+                    step: step + 1,
+                    what,
+                    ids: ids.join(", "),
                 };
-                acc.insert(k, sum);
+                let names = [
+                    "policy chosen",
+                    "policy rejected",
+                    "reference chosen",
+                    "reference rejected",
+                ];
+                for (name, values) in names.iter().zip(&g.logps) {
+                    if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+                        return Err(non_finite(format!("a {name} log-prob ({v})")));
+                    }
+                }
+                if !g.loss.is_finite() {
+                    return Err(non_finite(format!("the loss ({})", g.loss)));
+                }
+                step_ids.extend(ids);
+                for (k, v) in g.grads {
+                    let sum = match acc.remove(&k) {
+                        Some(prev) => prev + v,
+                        None => v,
+                    };
+                    acc.insert(k, sum);
+                }
+                loss += g.loss / settings.grad_accum as f64;
+                let [pc, pr, rc, rr] = &g.logps;
+                for i in 0..pc.len() {
+                    let (cr, rj) = (
+                        settings.beta * (pc[i] - rc[i]),
+                        settings.beta * (pr[i] - rr[i]),
+                    );
+                    metrics[0] += cr;
+                    metrics[1] += rj;
+                    metrics[2] += f64::from(u8::from(cr > rj));
+                    metrics[3] += cr - rj;
+                    metrics[4] += pc[i];
+                    metrics[5] += pr[i];
+                    count += 1;
+                }
             }
-            loss += g.loss / settings.grad_accum as f64;
-            let [pc, pr, rc, rr] = &g.logps;
-            for i in 0..pc.len() {
-                let (cr, rj) = (
-                    settings.beta * (pc[i] - rc[i]),
-                    settings.beta * (pr[i] - rr[i]),
-                );
-                metrics[0] += cr;
-                metrics[1] += rj;
-                metrics[2] += f64::from(u8::from(cr > rj));
-                metrics[3] += cr - rj;
-                metrics[4] += pc[i];
-                metrics[5] += pr[i];
-                count += 1;
-            }
-        }
-        let norm = acc
-            .values()
-            .map(|g| g.clone().powi_scalar(2).sum().into_scalar().elem::<f64>())
-            .sum::<f64>()
-            .sqrt();
-        if !norm.is_finite() {
-            return Err(Error::NonFinite {
+            let (norm, lr) = optimizer_step(
+                &mut model,
+                &acc,
+                &mut moments,
+                settings,
+                step,
+                total,
+                warmup,
+            )
+            .map_err(|e| match e {
+                Error::NonFinite { step, what, .. } => Error::NonFinite {
+                    step,
+                    what,
+                    ids: step_ids.join(", "),
+                },
+                other => other,
+            })?;
+            let c = count.max(1) as f64;
+            let log = StepLog {
                 step: step + 1,
-                what: format!("the gradient norm ({norm})"),
-                ids: step_ids.join(", "),
-            });
-        }
-        let clip = clip_factor(norm, settings.max_grad_norm);
-        let lr = lr_at(settings.learning_rate, step, total, warmup);
-        let proj_lr = settings.projector_lr.map(|p| lr_at(p, step, total, warmup));
-        for (key, is_projector, slot) in
-            trainable(&mut model, settings.layout, settings.projector_lr.is_some())
-        {
-            let Some(g) = acc.get(&key) else { continue };
-            let g = if clip < 1.0 {
-                g.clone().mul_scalar(clip)
-            } else {
-                g.clone()
+                epoch: ((step + 1) * settings.grad_accum) as f64 / micro_per_epoch as f64,
+                loss,
+                rewards_chosen: metrics[0] / c,
+                rewards_rejected: metrics[1] / c,
+                rewards_accuracies: metrics[2] / c,
+                rewards_margins: metrics[3] / c,
+                logps_chosen: metrics[4] / c,
+                logps_rejected: metrics[5] / c,
+                learning_rate: lr,
+                grad_norm: norm,
             };
-            let lr = if is_projector {
-                proj_lr.unwrap_or(lr)
-            } else {
-                lr
-            };
-            let mut st = moments.remove(&key);
-            match slot {
-                Slot::W2(p) => {
-                    let dims = p.dims();
-                    let cur = p.val().inner().flatten::<1>(0, 1);
-                    let new = settings
-                        .adamw
-                        .update(cur, g, &mut st, lr, step + 1)
-                        .reshape(dims);
-                    *p = Param::initialized(p.id, Tensor::from_inner(new).require_grad());
-                }
-                Slot::W1(p) => {
-                    let new = settings
-                        .adamw
-                        .update(p.val().inner(), g, &mut st, lr, step + 1);
-                    *p = Param::initialized(p.id, Tensor::from_inner(new).require_grad());
-                }
-            }
-            if let Some(st) = st {
-                moments.insert(key, st);
-            }
-        }
-        let c = count.max(1) as f64;
-        let log = StepLog {
-            step: step + 1,
-            epoch: ((step + 1) * settings.grad_accum) as f64 / micro_per_epoch as f64,
-            loss,
-            rewards_chosen: metrics[0] / c,
-            rewards_rejected: metrics[1] / c,
-            rewards_accuracies: metrics[2] / c,
-            rewards_margins: metrics[3] / c,
-            logps_chosen: metrics[4] / c,
-            logps_rejected: metrics[5] / c,
-            learning_rate: lr,
-            grad_norm: norm,
-        };
-        writeln!(
-            log_file,
-            "{}",
-            serde_json::to_string(&log).unwrap_or_default()
-        )
-        .map_err(|e| mmedpo_core::Error::io(&log_path, e))?;
-        log_file
-            .flush()
+            writeln!(
+                log_file,
+                "{}",
+                serde_json::to_string(&log).unwrap_or_default()
+            )
             .map_err(|e| mmedpo_core::Error::io(&log_path, e))?;
-        tracing::debug!(
-            step = log.step,
-            seconds = step_start.elapsed().as_secs_f64(),
-            "step"
-        );
-        on_step(&log, total);
-        logs.push(log);
-        ran += 1;
-        let done = step + 1;
-        if (settings.save_steps > 0 && done % settings.save_steps == 0) || done == total {
-            save_checkpoint(&model, &moments, settings, out, done, total, n)?;
+            log_file
+                .flush()
+                .map_err(|e| mmedpo_core::Error::io(&log_path, e))?;
+            tracing::debug!(
+                step = log.step,
+                seconds = step_start.elapsed().as_secs_f64(),
+                "step"
+            );
+            on_step(&log, total);
+            logs.push(log);
+            ran += 1;
+            let done = step + 1;
+            if (settings.save_steps > 0 && done % settings.save_steps == 0) || done == total {
+                save_checkpoint(&model, &moments, settings, out, done, total, n)?;
+            }
+            if settings.stop_after.is_some_and(|s| ran >= s) {
+                break;
+            }
         }
-        if settings.stop_after.is_some_and(|s| ran >= s) {
-            break;
-        }
-    }
+        Ok(())
+    })?;
     let adapter_dir = out.join("adapter");
     if logs.last().is_some_and(|l| l.step == total) {
         let tmp = out.join("adapter.tmp");
@@ -738,6 +744,79 @@ pub fn train<B: AutodiffBackend>(
         total_steps: total,
         resumed_from: start,
     })
+}
+
+/// The optimizer step of `train` (and of `mmedpo bench train`): global gradient norm in one
+/// reduction, clipping, the scheduled learning rate, AdamW on every trainable parameter (f32
+/// masters; their moments in `moments`). Returns the norm before clipping and the learning rate.
+pub fn optimizer_step<B: AutodiffBackend>(
+    model: &mut LlavaForConditionalGeneration<B>,
+    acc: &BTreeMap<String, Tensor<Inner<B>, 1>>,
+    moments: &mut BTreeMap<String, Moments<Inner<B>>>,
+    settings: &TrainSettings,
+    step: usize,
+    total: usize,
+    warmup: usize,
+) -> Result<(f64, f64)> {
+    // One reduction and one device-to-host read for the global norm.
+    let squares: Vec<Tensor<Inner<B>, 1>> =
+        acc.values().map(|g| g.clone().square().sum()).collect();
+    let norm = if squares.is_empty() {
+        0.0
+    } else {
+        Tensor::cat(squares, 0)
+            .sum()
+            .into_scalar()
+            .elem::<f64>()
+            .sqrt()
+    };
+    if !norm.is_finite() {
+        return Err(Error::NonFinite {
+            step: step + 1,
+            what: format!("the gradient norm ({norm})"),
+            ids: String::new(),
+        });
+    }
+    let clip = clip_factor(norm, settings.max_grad_norm);
+    let lr = lr_at(settings.learning_rate, step, total, warmup);
+    let proj_lr = settings.projector_lr.map(|p| lr_at(p, step, total, warmup));
+    for (key, is_projector, slot) in
+        trainable(model, settings.layout, settings.projector_lr.is_some())
+    {
+        let Some(g) = acc.get(&key) else { continue };
+        let g = if clip < 1.0 {
+            g.clone().mul_scalar(clip)
+        } else {
+            g.clone()
+        };
+        let lr = if is_projector {
+            proj_lr.unwrap_or(lr)
+        } else {
+            lr
+        };
+        let mut st = moments.remove(&key);
+        match slot {
+            Slot::W2(p) => {
+                let dims = p.dims();
+                let cur = p.val().inner().flatten::<1>(0, 1);
+                let new = settings
+                    .adamw
+                    .update(cur, g, &mut st, lr, step + 1)
+                    .reshape(dims);
+                *p = Param::initialized(p.id, Tensor::from_inner(new).require_grad());
+            }
+            Slot::W1(p) => {
+                let new = settings
+                    .adamw
+                    .update(p.val().inner(), g, &mut st, lr, step + 1);
+                *p = Param::initialized(p.id, Tensor::from_inner(new).require_grad());
+            }
+        }
+        if let Some(st) = st {
+            moments.insert(key, st);
+        }
+    }
+    Ok((norm, lr))
 }
 
 fn save_checkpoint<B: AutodiffBackend>(

@@ -22,8 +22,8 @@ use burn::nn::{
 };
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
-use mmedpo_core::precision::{attention, rms_norm};
 use burn::tensor::{Bool, Int, Tensor, TensorData};
+use mmedpo_core::precision::{attention, rms_norm};
 
 use mmedpo_lora::LoraLinear;
 
@@ -512,7 +512,10 @@ impl<B: Backend> DecoderLayer<B> {
             + self
                 .self_attn
                 .forward(rms_norm(&self.input_layernorm, x), cos, sin, mask, cache);
-        h.clone() + self.mlp.forward(rms_norm(&self.post_attention_layernorm, h))
+        h.clone()
+            + self
+                .mlp
+                .forward(rms_norm(&self.post_attention_layernorm, h))
     }
 }
 

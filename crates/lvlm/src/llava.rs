@@ -134,10 +134,17 @@ impl<B: Backend> LlavaForConditionalGeneration<B> {
     /// # Shapes
     /// - `pixels`: `[n, 3, 336, 336]` → `[n, 576, text_hidden]`
     pub fn image_features(&self, pixels: Tensor<B, 4>) -> Tensor<B, 3> {
-        let feats = self
-            .vision_tower
-            .features(pixels, self.select_layer, self.drop_cls);
-        self.multi_modal_projector.forward(feats)
+        self.multi_modal_projector
+            .forward(self.tower_features(pixels))
+    }
+
+    /// The tower's selected hidden states, before the projector.
+    ///
+    /// # Shapes
+    /// - `pixels`: `[n, 3, 336, 336]` → `[n, 576, vision_hidden]`
+    pub fn tower_features(&self, pixels: Tensor<B, 4>) -> Tensor<B, 3> {
+        self.vision_tower
+            .features(pixels, self.select_layer, self.drop_cls)
     }
 
     /// `prepare_inputs_labels_for_multimodal`: embeds each sequence's text, splices its image's

@@ -131,27 +131,58 @@ pub struct PairLogps<B: Backend> {
     pub rejected_tokens: Vec<usize>,
 }
 
-/// Log-probabilities of a batch of pairs: rows `[chosen…; rejected…]`, one forward.
+/// The distinct images of a batch of pairs and, for each of the `2b` rows `[chosen…; rejected…]`,
+/// the index of its image: a text pair's chosen and rejected answers share one image, so the tower
+/// runs once for both.
+pub fn pair_images(pairs: &[PreparedPair]) -> (Vec<&[f32]>, Vec<usize>) {
+    let rows: Vec<&[f32]> = pairs
+        .iter()
+        .map(|p| p.chosen_pixels.as_slice())
+        .chain(pairs.iter().map(|p| p.rejected_pixels.as_slice()))
+        .collect();
+    let mut images: Vec<&[f32]> = Vec::new();
+    let mut image_of = Vec::with_capacity(rows.len());
+    for row in rows {
+        match images.iter().position(|i| *i == row) {
+            Some(i) => image_of.push(i),
+            None => {
+                image_of.push(images.len());
+                images.push(row);
+            }
+        }
+    }
+    (images, image_of)
+}
+
+/// Log-probabilities of a batch of pairs: rows `[chosen…; rejected…]`, one forward, the tower
+/// once per distinct image.
 pub fn pair_logps<B: Backend>(
     model: &LlavaForConditionalGeneration<B>,
     pairs: &[PreparedPair],
     image_size: usize,
     device: &B::Device,
 ) -> Result<PairLogps<B>> {
-    let b = pairs.len();
-    let images: Vec<&[f32]> = pairs
-        .iter()
-        .map(|p| p.chosen_pixels.as_slice())
-        .chain(pairs.iter().map(|p| p.rejected_pixels.as_slice()))
-        .collect();
+    let (images, image_of) = pair_images(pairs);
     let features = model.image_features(stack_pixels::<B>(&images, image_size, device));
+    pair_logps_with_features(model, pairs, features, &image_of)
+}
+
+/// [`pair_logps`] on projected image features computed by the caller (`[n, tokens, hidden]`, row
+/// `r` of `[chosen…; rejected…]` using image `image_of[r]`, as [`pair_images`] gives them): the
+/// trainer computes them once for the policy and the reference.
+pub fn pair_logps_with_features<B: Backend>(
+    model: &LlavaForConditionalGeneration<B>,
+    pairs: &[PreparedPair],
+    features: Tensor<B, 3>,
+    image_of: &[usize],
+) -> Result<PairLogps<B>> {
+    let b = pairs.len();
     let seqs: Vec<Sequence> = pairs
         .iter()
         .map(|p| p.chosen.clone())
         .chain(pairs.iter().map(|p| p.rejected.clone()))
         .collect();
-    let image_of: Vec<usize> = (0..2 * b).collect();
-    let inputs = model.prepare(&seqs, features, &image_of, false)?;
+    let inputs = model.prepare(&seqs, features, image_of, false)?;
     let (logps, counts) = model.labelled_logps(&inputs);
     Ok(PairLogps {
         chosen: logps.clone().narrow(0, 0, b),
@@ -209,6 +240,13 @@ pub struct ScoreMeta {
     /// `dir_fingerprint` of the LoRA adapter, when one was applied.
     #[serde(default)]
     pub adapter_fingerprint: Option<String>,
+    /// Compute dtype of the model (`f32`, `bf16`); files from before it was recorded are f32.
+    #[serde(default = "f32_name")]
+    pub dtype: String,
+}
+
+fn f32_name() -> String {
+    "f32".into()
 }
 
 impl ScoreMeta {
@@ -229,7 +267,42 @@ impl ScoreMeta {
             data_fingerprint: fingerprint(bytes.iter().map(Vec::as_slice)),
             template: template.to_string(),
             adapter_fingerprint: None,
+            dtype: f32_name(),
         })
+    }
+
+    /// What differs between two metas, one phrase per field (`model A vs B`), empty when equal.
+    pub fn differences(&self, other: &ScoreMeta) -> Vec<String> {
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
+        let mut out = Vec::new();
+        let mut cmp = |what: &str, a: String, b: String| {
+            if a != b {
+                out.push(format!("{what} {a} vs {b}"));
+            }
+        };
+        cmp(
+            "model",
+            self.model_fingerprint.clone(),
+            other.model_fingerprint.clone(),
+        );
+        cmp(
+            "vision tower",
+            show(&self.vision_tower_fingerprint),
+            show(&other.vision_tower_fingerprint),
+        );
+        cmp(
+            "data",
+            self.data_fingerprint.clone(),
+            other.data_fingerprint.clone(),
+        );
+        cmp("template", self.template.clone(), other.template.clone());
+        cmp(
+            "adapter",
+            show(&self.adapter_fingerprint),
+            show(&other.adapter_fingerprint),
+        );
+        cmp("dtype", self.dtype.clone(), other.dtype.clone());
+        out
     }
 
     /// The sidecar path of a score file.
@@ -237,5 +310,43 @@ impl ScoreMeta {
         let mut p = out.as_os_str().to_owned();
         p.push(".meta.json");
         PathBuf::from(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(id: u64, chosen: f32, rejected: f32) -> PreparedPair {
+        let seq = Sequence {
+            ids: vec![1],
+            labels: None,
+        };
+        PreparedPair {
+            id: RecordId::Int(id as i64),
+            chosen: seq.clone(),
+            rejected: seq,
+            chosen_pixels: vec![chosen; 3],
+            rejected_pixels: vec![rejected; 3],
+        }
+    }
+
+    #[test]
+    fn the_tower_sees_each_distinct_image_once() {
+        // A text pair (one image), a visual pair (clean + noised), and a text pair on the first
+        // pair's image: 3 distinct images for 6 rows.
+        let pairs = [pair(0, 1.0, 1.0), pair(1, 2.0, 3.0), pair(2, 1.0, 1.0)];
+        let (images, image_of) = pair_images(&pairs);
+        assert_eq!(images.len(), 3);
+        assert_eq!(image_of, vec![0, 1, 0, 0, 2, 0]);
+        for (row, &i) in image_of.iter().enumerate() {
+            let p = &pairs[row % 3];
+            let want = if row < 3 {
+                &p.chosen_pixels
+            } else {
+                &p.rejected_pixels
+            };
+            assert_eq!(images[i], want.as_slice());
+        }
     }
 }

@@ -18,8 +18,16 @@ pub struct BenchArgs {
 
 #[derive(Subcommand, Debug)]
 enum What {
-    /// Prefill and decode tokens/s of a ~100M-parameter Mistral (random weights).
+    /// Seconds, tokens/s, TFLOP/s and peak memory of `mmedpo train`'s step on a random LLaVA of
+    /// any config (no weights on disk), with synthetic pairs.
+    Train(crate::bench_train::BenchTrainArgs),
+    /// Prefill and decode tokens/s of a Mistral/Llama with random weights: a ~100M-parameter one,
+    /// or the text model of `--config`.
     Llm {
+        /// A `config.json` (an LLM's, or a llava-hf one's text model), e.g.
+        /// models/llava-med-7b/config.json.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
         /// Prompt tokens per sequence.
         #[arg(long, default_value_t = 128)]
         prompt_len: usize,
@@ -81,14 +89,25 @@ enum BenchBackend {
     Ndarray,
     /// CUDA f32 (binary built with `--features cuda`).
     Cuda,
-    /// CUDA bf16.
+    /// CUDA, bf16 weights and activations.
     CudaBf16,
+    /// Flex, bf16 weights and activations.
+    FlexBf16,
+}
+
+impl BenchBackend {
+    fn dtype(self) -> burn::tensor::DType {
+        match self {
+            BenchBackend::CudaBf16 | BenchBackend::FlexBf16 => burn::tensor::DType::BF16,
+            _ => burn::tensor::DType::F32,
+        }
+    }
 }
 
 macro_rules! on_backend {
     ($backend:expr, |$B:ident, $device:ident| $body:expr) => {{
         match $backend {
-            BenchBackend::Flex => {
+            BenchBackend::Flex | BenchBackend::FlexBf16 => {
                 type $B = mmedpo_core::backend::Cpu;
                 let $device = Default::default();
                 $body
@@ -107,7 +126,7 @@ macro_rules! on_backend {
             }
             #[cfg(feature = "cuda")]
             BenchBackend::CudaBf16 => {
-                type $B = mmedpo_core::backend::GpuBf16;
+                type $B = mmedpo_core::backend::Gpu;
                 let $device = burn::backend::cuda::CudaDevice::new(0);
                 $body
             }
@@ -122,15 +141,24 @@ macro_rules! on_backend {
 /// Runs `mmedpo bench`.
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.what {
+        What::Train(a) => crate::bench_train::run(a),
         What::Llm {
+            config,
             prompt_len,
             new_tokens,
             batch,
             reps,
             backend,
         } => {
+            let config = match &config {
+                None => DecoderConfig::mistral_100m(),
+                Some(path) => match mmedpo_lvlm::LlavaConfig::from_file(path) {
+                    Ok(llava) => llava.text,
+                    Err(_) => mmedpo_llm::HfConfig::from_file(path)?.into_runtime()?,
+                },
+            };
             on_backend!(backend, |B, device| bench_llm::<B>(
-                &device, prompt_len, new_tokens, batch, reps, backend
+                &device, &config, prompt_len, new_tokens, batch, reps, backend
             ))
         }
         What::Visual {
@@ -161,6 +189,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 fn bench_llm<B: Backend>(
     device: &B::Device,
+    config: &DecoderConfig,
     prompt_len: usize,
     new_tokens: usize,
     batch: usize,
@@ -170,8 +199,7 @@ fn bench_llm<B: Backend>(
     if new_tokens < 2 || prompt_len == 0 || batch == 0 {
         bail!("need --prompt-len >= 1, --new-tokens >= 2 and --batch >= 1");
     }
-    let config = DecoderConfig::mistral_100m();
-    let model = config.init::<B>(device);
+    let model = mmedpo_core::precision::cast_module(config.init::<B>(device), backend.dtype());
     let prompts: Vec<Vec<u32>> = (0..batch)
         .map(|b| {
             (0..prompt_len)
@@ -217,8 +245,10 @@ fn bench_matmul<B: Backend>(
     reps: usize,
     backend: BenchBackend,
 ) -> Result<()> {
-    let a = Tensor::<B, 2>::random([size, size], Distribution::Normal(0.0, 1.0), device);
-    let b = Tensor::<B, 2>::random([size, size], Distribution::Normal(0.0, 1.0), device);
+    let a = Tensor::<B, 2>::random([size, size], Distribution::Normal(0.0, 1.0), device)
+        .cast(backend.dtype());
+    let b = Tensor::<B, 2>::random([size, size], Distribution::Normal(0.0, 1.0), device)
+        .cast(backend.dtype());
     let check = a.clone().matmul(b.clone()).sum().into_scalar(); // warm-up and sync
     let start = Instant::now();
     for _ in 0..reps {

@@ -152,9 +152,7 @@ impl<B: Backend> CandidateSampler for LlavaSampler<'_, B> {
 
 /// Runs `mmedpo curate-text`.
 pub fn run(args: CurateArgs) -> Result<()> {
-    with_backend!(args.device, |B, device| run_on::<B>(
-        &args, &device
-    ))
+    with_backend!(args.device, |B, device| run_on::<B>(&args, &device))
 }
 
 fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<()> {
@@ -190,7 +188,12 @@ fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<()> {
         &args.local,
     )?;
     let tokenizer = load_tokenizer(&args.model, args.tokenizer.as_deref())?;
-    let llava = load_llava_as::<B>(&args.model, args.vision_tower.as_deref(), device, args.dtype.burn())?;
+    let llava = load_llava_as::<B>(
+        &args.model,
+        args.vision_tower.as_deref(),
+        device,
+        args.dtype.burn(),
+    )?;
     check_vocab(&tokenizer, llava.config.text.vocab_size, &args.model)?;
     let mut sampler = LlavaSampler {
         model: &llava.model,

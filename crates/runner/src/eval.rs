@@ -376,9 +376,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if let Some(files) = &args.compare {
         return compare(&files[0], &files[1]);
     }
-    with_backend!(args.device, |B, device| run_on::<B>(
-        &args, &device
-    ))
+    with_backend!(args.device, |B, device| run_on::<B>(&args, &device))
 }
 
 fn run_on<B: Backend>(args: &EvalArgs, device: &B::Device) -> Result<()> {
@@ -417,7 +415,12 @@ fn run_on<B: Backend>(args: &EvalArgs, device: &B::Device) -> Result<()> {
         .filter(|(_, it)| !done.contains(&it.id.to_string()))
         .collect();
     let tokenizer = load_tokenizer(model_dir, args.tokenizer.as_deref())?;
-    let mut llava = load_llava_as::<B>(model_dir, args.vision_tower.as_deref(), device, args.dtype.burn())?;
+    let mut llava = load_llava_as::<B>(
+        model_dir,
+        args.vision_tower.as_deref(),
+        device,
+        args.dtype.burn(),
+    )?;
     check_vocab(&tokenizer, llava.config.text.vocab_size, model_dir)?;
     if let Some(a) = &args.adapter {
         llava.model.load_adapter(a, device)?;

@@ -62,9 +62,7 @@ pub struct GenerateArgs {
 
 /// Runs `mmedpo generate`.
 pub fn run(args: GenerateArgs) -> Result<()> {
-    with_backend!(args.device, |B, device| run_on::<B>(
-        &args, &device
-    ))
+    with_backend!(args.device, |B, device| run_on::<B>(&args, &device))
 }
 
 fn run_on<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
@@ -86,7 +84,12 @@ fn run_on<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
         },
     };
     if let Some(image) = &args.image {
-        let llava = load_llava_as::<B>(&args.model, args.vision_tower.as_deref(), device, args.dtype.burn())?;
+        let llava = load_llava_as::<B>(
+            &args.model,
+            args.vision_tower.as_deref(),
+            device,
+            args.dtype.burn(),
+        )?;
         check_vocab(&tokenizer, llava.config.text.vocab_size, &args.model)?;
         let config = GenerationConfig {
             max_new_tokens: args.max_new_tokens,

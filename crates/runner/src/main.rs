@@ -20,6 +20,7 @@ macro_rules! say {
 
 mod assemble;
 mod bench;
+mod bench_train;
 mod common;
 mod curate;
 mod eval;

@@ -62,19 +62,23 @@ pub struct ScoreArgs {
 
 /// Runs `mmedpo score`.
 pub fn run(args: ScoreArgs) -> Result<()> {
-    with_backend!(args.device, |B, device| run_on::<B>(
-        &args, &device
-    ))
+    with_backend!(args.device, |B, device| run_on::<B>(&args, &device))
 }
 
 fn run_on<B: Backend>(args: &ScoreArgs, device: &B::Device) -> Result<()> {
     let template = Template::from_name(&args.template)?;
-    let meta = ScoreMeta::of(
+    let mut meta = ScoreMeta::of(
         &args.model,
         args.vision_tower.as_deref(),
         &args.data,
         &args.template,
     )?;
+    meta.adapter_fingerprint = args
+        .adapter
+        .as_deref()
+        .map(mmedpo_core::checkpoint::dir_fingerprint)
+        .transpose()?;
+    meta.dtype = args.dtype.name().into();
     let meta_path = ScoreMeta::path(&args.out);
     let mut done: HashSet<String> = HashSet::new();
     if args.out.is_file() {
@@ -86,8 +90,14 @@ fn run_on<B: Backend>(args: &ScoreArgs, device: &B::Device) -> Result<()> {
                     meta_path.display()
                 )
             })?)?;
-        if old != meta {
-            bail!("{} was written for another model, data or template ({}); remove it or choose another --out", args.out.display(), meta_path.display());
+        let changed = old.differences(&meta);
+        if !changed.is_empty() {
+            bail!(
+                "{} was scored with other inputs ({}: {}); remove it or choose another --out",
+                args.out.display(),
+                meta_path.display(),
+                changed.join(", ")
+            );
         }
         for (n, line) in std::fs::read_to_string(&args.out)?.lines().enumerate() {
             match serde_json::from_str::<serde_json::Value>(line) {
@@ -136,7 +146,12 @@ fn run_on<B: Backend>(args: &ScoreArgs, device: &B::Device) -> Result<()> {
     );
 
     let tokenizer = load_tokenizer(&args.model, args.tokenizer.as_deref())?;
-    let mut llava = load_llava_as::<B>(&args.model, args.vision_tower.as_deref(), device, args.dtype.burn())?;
+    let mut llava = load_llava_as::<B>(
+        &args.model,
+        args.vision_tower.as_deref(),
+        device,
+        args.dtype.burn(),
+    )?;
     if let Some(adapter) = &args.adapter {
         llava.model.load_adapter(adapter, device)?;
     }

@@ -608,12 +608,15 @@ fn run_on<B: AutodiffBackend>(
     check_vocab(&tokenizer, loaded.config.text.vocab_size, &config.model)?;
     let meta = match config.dpo.reference.as_str() {
         "adapter-off" => None,
-        _ => Some(ScoreMeta::of(
-            &config.model,
-            config.vision_tower.as_deref(),
-            &config.data,
-            &config.template,
-        )?),
+        _ => Some(ScoreMeta {
+            dtype: dtype.name().into(),
+            ..ScoreMeta::of(
+                &config.model,
+                config.vision_tower.as_deref(),
+                &config.data,
+                &config.template,
+            )?
+        }),
     };
     let image_size = loaded.config.vision.as_ref().map_or(336, |v| v.image_size) as u32;
     let settings = train_settings(

@@ -119,9 +119,7 @@ fn rejected_path(root: &Path, png: &Path) -> String {
 
 /// Runs `mmedpo visual-pairs`.
 pub fn run(args: VisualArgs) -> Result<()> {
-    with_backend!(args.device, |B, device| run_on::<B>(
-        &args, &device
-    ))
+    with_backend!(args.device, |B, device| run_on::<B>(&args, &device))
 }
 
 fn run_on<B: Backend>(args: &VisualArgs, device: &B::Device) -> Result<()> {

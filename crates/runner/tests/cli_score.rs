@@ -74,7 +74,7 @@ fn score_writes_one_line_per_pair_and_resumes_after_a_kill() {
     );
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("another model, data or template"),
+        stderr(&o).contains("scored with other inputs") && stderr(&o).contains(": model "),
         "{}",
         stderr(&o)
     );

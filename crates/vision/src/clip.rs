@@ -14,8 +14,8 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::backend::Backend;
-use mmedpo_core::precision::{attention, layer_norm};
 use burn::tensor::{Distribution, Int, Tensor};
+use mmedpo_core::precision::{attention, layer_norm};
 
 use crate::config::{ClipActivation, ClipVisionConfig};
 

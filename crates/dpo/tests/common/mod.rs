@@ -26,6 +26,11 @@ pub fn tok() -> Tokenizer {
 /// The tiny model with weights drawn once from seed 0 and saved (Burn initialises parameters
 /// lazily, so only a saved model gives every run the same base weights).
 pub fn model() -> LlavaForConditionalGeneration<B> {
+    model_as(burn::tensor::DType::F32)
+}
+
+/// [`model`] with its weights in `dtype` (bf16: the mixed-precision path).
+pub fn model_as(dtype: burn::tensor::DType) -> LlavaForConditionalGeneration<B> {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     let device = Default::default();
     let dir = DIR.get_or_init(|| {
@@ -36,7 +41,7 @@ pub fn model() -> LlavaForConditionalGeneration<B> {
         mmedpo_lvlm::save_llava(&m, &config, &dir).unwrap();
         dir
     });
-    mmedpo_lvlm::load_llava::<B>(dir, None, &device)
+    mmedpo_lvlm::load_llava_as::<B>(dir, None, &device, dtype)
         .unwrap()
         .model
 }
@@ -83,8 +88,19 @@ pub fn run_training(
     out: &Path,
     resume: bool,
 ) -> TrainSummary {
+    run_training_as(burn::tensor::DType::F32, recs, s, out, resume)
+}
+
+/// [`run_training`] on the model in `dtype`.
+pub fn run_training_as(
+    dtype: burn::tensor::DType,
+    recs: &[PreferenceRecord],
+    s: &TrainSettings,
+    out: &Path,
+    resume: bool,
+) -> TrainSummary {
     train(
-        model(),
+        model_as(dtype),
         &tok(),
         recs,
         None,
@@ -95,4 +111,26 @@ pub fn run_training(
         &mut |_, _| {},
     )
     .unwrap()
+}
+
+/// The f32 tensors of a PEFT adapter directory, by key.
+pub fn adapter_tensors(dir: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let ck =
+        mmedpo_core::checkpoint::Checkpoint::open(&dir.join("adapter_model.safetensors")).unwrap();
+    ck.keys()
+        .map(|k| {
+            let raw = ck.raw(k).unwrap();
+            assert_eq!(
+                raw.dtype,
+                mmedpo_core::checkpoint::Dtype::F32,
+                "{k} is saved from f32 masters"
+            );
+            let v = raw
+                .data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            (k.to_string(), v)
+        })
+        .collect()
 }

@@ -83,6 +83,9 @@ pub struct OptimSection {
     pub seed: u64,
     /// Checkpoint every N steps (0: at the end only).
     pub save_steps: usize,
+    /// Recompute memory-bound activations in the backward pass (Burn's BalancedCheckpointing).
+    #[serde(default)]
+    pub activation_checkpointing: bool,
 }
 
 /// The whole resolved training configuration (what `OUT/train_config.toml` holds).
@@ -194,6 +197,9 @@ pub struct TrainArgs {
     /// Checkpoint every N steps.
     #[arg(long)]
     save_steps: Option<usize>,
+    /// Recompute memory-bound activations in the backward pass (less memory, more time).
+    #[arg(long)]
+    checkpointing: bool,
     /// Continue from the latest checkpoint in --out.
     #[arg(long)]
     resume: bool,
@@ -231,6 +237,7 @@ fn defaults() -> toml::Table {
         max_grad_norm = 1.0
         seed = 42
         save_steps = 0
+        activation_checkpointing = false
     }
 }
 
@@ -306,6 +313,7 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
                     "max_grad_norm",
                     "seed",
                     "save_steps",
+                    "activation_checkpointing",
                 ][..],
             ),
         ] {
@@ -387,6 +395,12 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(v) = args.save_steps {
         set(&["optim", "save_steps"], toml::Value::Integer(v as i64));
+    }
+    if args.checkpointing {
+        set(
+            &["optim", "activation_checkpointing"],
+            toml::Value::Boolean(true),
+        );
     }
     if let Some(v) = args.device {
         set(
@@ -527,12 +541,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "bf16" => Dtype::Bf16,
         other => bail!("dtype = {other:?}: expected \"f32\" or \"bf16\""),
     };
-    match kind {
-        DeviceKind::Cpu => run_on::<mmedpo_core::backend::CpuAutodiff>(&config, dtype, args.resume, &Default::default()),
+    use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing as Ckpt;
+    use burn::backend::Autodiff;
+    match (kind, config.optim.activation_checkpointing) {
+        (DeviceKind::Cpu, false) => run_on::<Autodiff<mmedpo_core::backend::Cpu>>(&config, dtype, args.resume, &Default::default()),
+        (DeviceKind::Cpu, true) => run_on::<Autodiff<mmedpo_core::backend::Cpu, Ckpt>>(&config, dtype, args.resume, &Default::default()),
         #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => run_on::<burn::backend::Autodiff<mmedpo_core::backend::Gpu>>(&config, dtype, args.resume, &burn::backend::cuda::CudaDevice::new(0)),
+        (DeviceKind::Cuda, false) => run_on::<Autodiff<mmedpo_core::backend::Gpu>>(&config, dtype, args.resume, &burn::backend::cuda::CudaDevice::new(0)),
+        #[cfg(feature = "cuda")]
+        (DeviceKind::Cuda, true) => run_on::<Autodiff<mmedpo_core::backend::Gpu, Ckpt>>(&config, dtype, args.resume, &burn::backend::cuda::CudaDevice::new(0)),
         #[cfg(not(feature = "cuda"))]
-        DeviceKind::Cuda => bail!("this mmedpo was built without CUDA; rebuild with `cargo build --release --features cuda`"),
+        (DeviceKind::Cuda, _) => bail!("this mmedpo was built without CUDA; rebuild with `cargo build --release --features cuda`"),
     }
 }
 

@@ -9,6 +9,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// An output that was made with other inputs, or that another process is writing.
+    #[error("{path}: {message}")]
+    Stale {
+        /// The output.
+        path: PathBuf,
+        /// What differs, and the ways on.
+        message: String,
+    },
     /// Reading or writing a file failed.
     #[error("{path}: {cause}")]
     Io {

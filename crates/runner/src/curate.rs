@@ -213,6 +213,7 @@ fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<()> {
         device,
     };
 
+    let _lock = mmedpo_core::manifest::OutLock::acquire(&args.out)?;
     let (progress_path, transcript_path) = (
         side(&args.out, "progress.jsonl"),
         side(&args.out, "transcripts.jsonl"),

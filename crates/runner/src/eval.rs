@@ -1,7 +1,7 @@
 //! `mmedpo eval` (generate answers, score them as the paper does), `mmedpo eval --compare` and
 //! `mmedpo metrics` (score predictions made elsewhere).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -232,6 +232,9 @@ pub struct EvalArgs {
     /// Float type.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
+    /// Start --out over when it holds the predictions of other inputs (instead of refusing).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -274,7 +277,8 @@ fn read_items(path: &Path, task: Task) -> Result<Vec<Item>> {
             .get("question_id")
             .or_else(|| v.get("id"))
             .cloned()
-            .unwrap_or(serde_json::json!(i));
+            // An item without an id is named by its index, as a string no numeric id can equal.
+            .unwrap_or_else(|| serde_json::json!(format!("#{i}")));
         let image = str_of(v, &["image", "image_path"]);
         let (question, reference, answer_type) = match task {
             Task::Vqa => (
@@ -343,6 +347,13 @@ fn read_items(path: &Path, task: Task) -> Result<Vec<Item>> {
             bad.push(format!("item {id} (index {i}): {}", problems.join("; ")));
         }
     }
+    // Predictions are resumed by id: two items with one id would share an answer.
+    let mut first: HashMap<String, usize> = HashMap::new();
+    for (i, it) in items.iter().enumerate() {
+        if let Some(j) = first.insert(it.id.to_string(), i) {
+            bad.push(format!("id {} is used by items {j} and {i}", it.id));
+        }
+    }
     if !bad.is_empty() {
         bail!(
             "{}: {} bad item(s):\n  {}",
@@ -392,6 +403,42 @@ fn run_on<B: Backend>(args: &EvalArgs, device: &B::Device) -> Result<()> {
     let template = Template::from_name(&args.template)?;
     let items = read_items(data, task)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let _lock = mmedpo_core::manifest::OutLock::acquire(out)?;
+    let max_new = args.max_new_tokens.unwrap_or(match task {
+        Task::Vqa => 64,
+        Task::Report => 1024,
+    });
+    // Everything that determines the predictions: a rerun with any of it changed refuses.
+    let manifest = mmedpo_core::manifest::Manifest::new("eval")
+        .dir("model", model_dir)?
+        .opt_dir("vision_tower", args.vision_tower.as_deref())?
+        .opt_dir("adapter", args.adapter.as_deref())?
+        .opt_dir("tokenizer", args.tokenizer.as_deref())?
+        .file("data", data)?
+        .value("task", format!("{task:?}").to_lowercase())
+        .value("template", &args.template)
+        .value("temperature", args.temperature)
+        .value("seed", args.seed)
+        .value("max_new_tokens", max_new)
+        .value("dtype", args.dtype.name());
+    let manifest_path = out.join("manifest.json");
+    if args.overwrite {
+        for f in [
+            "predictions.jsonl",
+            "metrics.json",
+            "table.md",
+            "manifest.json",
+        ] {
+            let _ = std::fs::remove_file(out.join(f));
+        }
+    } else if !manifest_path.is_file() && out.join("predictions.jsonl").is_file() {
+        bail!(
+            "{}: predictions without a manifest.json (from an older mmedpo?) cannot be checked \
+             against this run's inputs; pass --overwrite or choose another --out",
+            out.display()
+        );
+    }
+    manifest.check(&manifest_path, out)?;
     let pred_path = out.join("predictions.jsonl");
     let mut done: HashSet<String> = HashSet::new();
     if let Ok(text) = std::fs::read_to_string(&pred_path) {
@@ -426,10 +473,6 @@ fn run_on<B: Backend>(args: &EvalArgs, device: &B::Device) -> Result<()> {
         llava.model.load_adapter(a, device)?;
     }
     let size = llava.config.vision.as_ref().map_or(336, |v| v.image_size) as u32;
-    let max_new = args.max_new_tokens.unwrap_or(match task {
-        Task::Vqa => 64,
-        Task::Report => 1024,
-    });
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

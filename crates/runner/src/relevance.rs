@@ -192,6 +192,7 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
         prompts,
         pair_budget: Some(Duration::from_secs_f64(args.pair_budget)),
     };
+    let _lock = mmedpo_core::manifest::OutLock::acquire(&args.out)?;
     let (progress_path, transcript_path) = (
         side(&args.out, "progress.jsonl"),
         side(&args.out, "transcripts.jsonl"),

@@ -80,6 +80,7 @@ fn run_on<B: Backend>(args: &ScoreArgs, device: &B::Device) -> Result<()> {
         .transpose()?;
     meta.dtype = args.dtype.name().into();
     let meta_path = ScoreMeta::path(&args.out);
+    let _lock = mmedpo_core::manifest::OutLock::acquire(&args.out)?;
     let mut done: HashSet<String> = HashSet::new();
     if args.out.is_file() {
         let old: ScoreMeta =

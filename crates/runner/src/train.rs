@@ -528,6 +528,23 @@ pub fn run(args: TrainArgs) -> Result<()> {
     check_inputs(&config, args.config.as_deref())?;
     std::fs::create_dir_all(&config.out)
         .with_context(|| format!("creating {}", config.out.display()))?;
+    let _lock = mmedpo_core::manifest::OutLock::acquire(&config.out)?;
+    // A resumed run continues only what the same inputs and settings started.
+    let manifest = train_manifest(&config)?;
+    let manifest_path = config.out.join("manifest.json");
+    if args.resume && manifest_path.is_file() {
+        manifest.check(&manifest_path, &config.out).map_err(|e| {
+            anyhow::anyhow!(
+                "{}",
+                e.to_string().replace(
+                    "pass --overwrite to start it over",
+                    "drop --resume to start it over"
+                )
+            )
+        })?;
+    } else {
+        manifest.write(&manifest_path)?;
+    }
     let resolved = config.out.join("train_config.toml");
     std::fs::write(&resolved, toml::to_string_pretty(&config)?)
         .with_context(|| format!("writing {}", resolved.display()))?;
@@ -553,6 +570,32 @@ pub fn run(args: TrainArgs) -> Result<()> {
         #[cfg(not(feature = "cuda"))]
         (DeviceKind::Cuda, _) => bail!("this mmedpo was built without CUDA; rebuild with `cargo build --release --features cuda`"),
     }
+}
+
+/// What determines a training run's checkpoints: the inputs' fingerprints and every setting that
+/// changes the numbers (not `save_steps`, `max_steps` — checked by the trainer — or checkpointing).
+fn train_manifest(config: &TrainConfig) -> Result<mmedpo_core::manifest::Manifest> {
+    let mut m = mmedpo_core::manifest::Manifest::new("train")
+        .dir("model", &config.model)?
+        .opt_dir("vision_tower", config.vision_tower.as_deref())?
+        .opt_dir("tokenizer", config.tokenizer.as_deref())?
+        .value("image_root", config.image_root.display())
+        .value("template", &config.template)
+        .value("dtype", &config.dtype);
+    for (i, d) in config.data.iter().enumerate() {
+        m = m.file(&format!("data[{i}]"), d)?;
+    }
+    let table = toml::Table::try_from(config)?;
+    for section in ["lora", "dpo", "optim"] {
+        if let Some(toml::Value::Table(t)) = table.get(section) {
+            for (k, v) in t {
+                if !["save_steps", "max_steps", "activation_checkpointing"].contains(&k.as_str()) {
+                    m = m.value(&format!("{section}.{k}"), v);
+                }
+            }
+        }
+    }
+    Ok(m)
 }
 
 /// The library's settings of a resolved config; the image settings and the layout come from the

@@ -141,6 +141,7 @@ fn run_on<B: Backend>(args: &VisualArgs, device: &B::Device) -> Result<()> {
     let overlays_dir = args.out.join("overlays");
     std::fs::create_dir_all(&images_dir)
         .with_context(|| format!("creating {}", images_dir.display()))?;
+    let _lock = mmedpo_core::manifest::OutLock::acquire(&args.out)?;
     if args.overlays {
         std::fs::create_dir_all(&overlays_dir)
             .with_context(|| format!("creating {}", overlays_dir.display()))?;

@@ -163,6 +163,72 @@ fn eval_generates_scores_resumes_and_compares() {
         sorted(&preds),
         "a resumed run must give the same answers"
     );
+    // The folder holds the base model's answers: another temperature, an adapter or other data
+    // is refused, naming what changed; --overwrite starts over; a second writer is kept off.
+    let rerun = |extra: &[&str]| {
+        let mut a = vec![
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--tokenizer",
+            "models/mistral-tokenizer/tokenizer.json",
+            "--data",
+            "data/default/vqa_test.json",
+            "--image-root",
+            "data/images",
+            "--task",
+            "vqa",
+            "--out",
+            out.to_str().unwrap(),
+            "--max-new-tokens",
+            "4",
+            "--batch-size",
+            "4",
+        ];
+        a.extend_from_slice(extra);
+        mmedpo(&a)
+    };
+    let e = stderr(&rerun(&["--temperature", "0"]));
+    assert!(
+        e.contains("other inputs (temperature 0.2 → 0") && e.contains("--overwrite"),
+        "{e}"
+    );
+    let adapter = dir.join("adapter");
+    let o = mmedpo(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        "models/mistral-tokenizer/tokenizer.json",
+        "--data",
+        "data/default/pairs.json",
+        "--image-root",
+        "data/images",
+        "--out",
+        dir.join("t").to_str().unwrap(),
+        "--max-steps",
+        "1",
+        "--lora-r",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::rename(dir.join("t/adapter"), &adapter).unwrap();
+    let e = stderr(&rerun(&["--adapter", adapter.to_str().unwrap()]));
+    assert!(e.contains("adapter none → "), "{e}");
+    std::fs::write(out.join(".lock"), "1\n").unwrap(); // pid 1 is alive
+    let e = stderr(&rerun(&[]));
+    assert!(e.contains("being written by another mmedpo (pid 1"), "{e}");
+    std::fs::remove_file(out.join(".lock")).unwrap();
+    let o = rerun(&["--adapter", adapter.to_str().unwrap(), "--overwrite"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let with_adapter = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    assert!(
+        !with_adapter.contains("\"adapter\": \"none\""),
+        "{with_adapter}"
+    );
+    assert!(!out.join(".lock").exists());
+    let o = rerun(&["--overwrite"]);
+    assert!(o.status.success(), "{}", stderr(&o));
     let m = out.join("metrics.json");
     let o = mmedpo(&[
         "eval",
@@ -172,6 +238,35 @@ fn eval_generates_scores_resumes_and_compares() {
     ]);
     assert!(
         o.status.success() && String::from_utf8_lossy(&o.stdout).contains("| closed_accuracy |")
+    );
+    // Ids are unique; an item without one is named by its index and collides with no real id.
+    let dup = dir.join("dup.json");
+    std::fs::write(
+        &dup,
+        r#"[{"question_id": 0, "image": "ct-small.png", "question": "Q?", "answer": "x", "answer_type": "OPEN"},
+            {"question_id": 0, "image": "ct-small.png", "question": "R?", "answer": "y", "answer_type": "OPEN"},
+            {"image": "ct-small.png", "question": "S?", "answer": "z", "answer_type": "OPEN"}]"#,
+    )
+    .unwrap();
+    let o = mmedpo(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        "models/mistral-tokenizer/tokenizer.json",
+        "--data",
+        dup.to_str().unwrap(),
+        "--image-root",
+        "data/images",
+        "--task",
+        "vqa",
+        "--out",
+        dir.join("o3").to_str().unwrap(),
+    ]);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains("id 0 is used by items 0 and 1"),
+        "{e}"
     );
     // A test item without answer_type is named.
     let bad = dir.join("bad.json");

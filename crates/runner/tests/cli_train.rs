@@ -81,6 +81,21 @@ fn train_without_a_config_file_leaves_adapter_log_plot_and_config_then_resumes()
     more.extend(["--max-steps", "4", "--save-steps", "2", "--resume"]);
     let o = ok(mmedpo(&more));
     assert!(stderr(&o).contains("resumed at 4"), "{}", stderr(&o));
+    // Resuming with a setting changed is refused, naming it (the adapter would not load).
+    let mut changed = more.clone();
+    let r = changed.iter().position(|a| *a == "--lora-r").unwrap();
+    changed[r + 1] = "8";
+    let o = mmedpo(&changed);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains("lora.r 4 → 8") && e.contains("drop --resume"),
+        "{e}"
+    );
+    // A second process on the same --out is kept off while the first holds it.
+    std::fs::write(out.join(".lock"), "1\n").unwrap();
+    let e = stderr(&mmedpo(&more));
+    assert!(e.contains("being written by another mmedpo"), "{e}");
+    std::fs::remove_file(out.join(".lock")).unwrap();
     // score --adapter uses it.
     let scores = out.join("scores.jsonl");
     ok(mmedpo(&[

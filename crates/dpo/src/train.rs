@@ -734,6 +734,10 @@ pub fn train<B: AutodiffBackend>(
         let tmp = out.join("adapter.tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         model.save_adapter(&tmp, &settings.lora, settings.layout)?;
+        if settings.projector_lr.is_some() {
+            // The trained projector leaves with the adapter, where LLaVA's loader looks for it.
+            model.save_projector(&tmp, settings.layout)?;
+        }
         let _ = std::fs::remove_dir_all(&adapter_dir);
         std::fs::rename(&tmp, &adapter_dir).map_err(|e| mmedpo_core::Error::io(&adapter_dir, e))?;
     }

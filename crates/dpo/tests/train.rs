@@ -141,6 +141,25 @@ fn a_projector_learning_rate_trains_the_projector_and_checkpoints_it() {
         .map(|(r, c)| (after[r * i + c] - before[c * o + r]).abs())
         .fold(0f32, f32::max);
     assert!(moved > 1e-4, "the projector did not move ({moved})");
+    // It leaves with the adapter (LLaVA's non_lora_trainables, safetensors), and loading the
+    // adapter applies it.
+    let adapter = out.join("adapter");
+    assert!(adapter.join(mmedpo_lvlm::adapter::NON_LORA_FILE).is_file());
+    let mut m = model().no_grad();
+    m.load_adapter(&adapter, &Default::default()).unwrap();
+    let loaded: Vec<f32> = m
+        .multi_modal_projector
+        .linear_1
+        .weight
+        .val()
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let worst = (0..o)
+        .flat_map(|r| (0..i).map(move |c| (r, c)))
+        .map(|(r, c)| (after[r * i + c] - loaded[c * o + r]).abs())
+        .fold(0f32, f32::max);
+    assert_eq!(worst, 0.0, "the adapter's projector is not the trained one");
 }
 
 /// The paper's learning rate in bf16: with f32 master weights, AdamW steps at lr 1e-7 (2 to 8) move

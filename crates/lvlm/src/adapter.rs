@@ -88,7 +88,8 @@ impl<B: Backend> LlavaForConditionalGeneration<B> {
         Ok(save_adapter(dir, &config, &layers)?)
     }
 
-    /// Loads a PEFT adapter (either layout's module paths).
+    /// Loads a PEFT adapter (either layout's module paths), and the projector trained with it when
+    /// the adapter folder holds [`NON_LORA_FILE`].
     pub fn load_adapter(&mut self, dir: &Path, device: &B::Device) -> Result<LoraConfig> {
         let file = dir.join("adapter_model.safetensors");
         let ckpt = mmedpo_core::checkpoint::Checkpoint::open(&file)?;
@@ -103,11 +104,84 @@ impl<B: Backend> LlavaForConditionalGeneration<B> {
                 message: "no `base_model.model.*layers.N.*` LoRA keys".into(),
             })?;
         drop(ckpt);
-        Ok(load_adapter(
-            dir,
-            self.lora_layers_mut_with(&prefix),
-            device,
-        )?)
+        let config = load_adapter(dir, self.lora_layers_mut_with(&prefix), device)?;
+        if self.load_projector(dir, device)? {
+            tracing::info!(dir = %dir.display(), "trained projector loaded with the adapter");
+        }
+        Ok(config)
+    }
+}
+
+/// The file beside an adapter that holds trained non-LoRA weights (the projector), as LLaVA's
+/// `non_lora_trainables.bin` but in safetensors; keys `base_model.model.<module path>.weight|bias`.
+pub const NON_LORA_FILE: &str = "non_lora_trainables.safetensors";
+
+/// The projector's Python module paths in each layout (`linear_1`, `linear_2`).
+fn projector_paths(layout: Layout) -> [&'static str; 2] {
+    match layout {
+        Layout::Hf => [
+            "model.multi_modal_projector.linear_1",
+            "model.multi_modal_projector.linear_2",
+        ],
+        Layout::Original => ["model.mm_projector.0", "model.mm_projector.2"],
+    }
+}
+
+impl<B: Backend> LlavaForConditionalGeneration<B> {
+    /// Writes the projector into `dir`/[`NON_LORA_FILE`] (f32, PyTorch layout) under the module
+    /// paths of `layout`, for a run that trained it.
+    pub fn save_projector(&self, dir: &Path, layout: Layout) -> Result<()> {
+        let [p1, p2] = projector_paths(layout);
+        let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = self
+            .multi_modal_projector
+            .hf_tensors()
+            .into_iter()
+            .map(|(k, shape, v)| {
+                let k = k
+                    .replace("multi_modal_projector.linear_1", p1)
+                    .replace("multi_modal_projector.linear_2", p2);
+                (format!("{PEFT_PREFIX}{k}"), shape, v)
+            })
+            .collect();
+        mmedpo_core::checkpoint::write_safetensors(&dir.join(NON_LORA_FILE), &tensors)?;
+        Ok(())
+    }
+
+    /// Loads the projector from `dir`/[`NON_LORA_FILE`] when the adapter has one (either layout's
+    /// keys, with or without LLaVA's `base_model.model.` prefix); strict. Returns whether it did.
+    pub fn load_projector(&mut self, dir: &Path, device: &B::Device) -> Result<bool> {
+        let file = dir.join(NON_LORA_FILE);
+        if !file.is_file() {
+            return Ok(false);
+        }
+        let mut ckpt = mmedpo_core::checkpoint::Checkpoint::open(&file)?;
+        let find = |ckpt: &mmedpo_core::checkpoint::Checkpoint| {
+            for layout in [Layout::Hf, Layout::Original] {
+                let [p1, _] = projector_paths(layout);
+                for prefix in [PEFT_PREFIX, ""] {
+                    let key = format!("{prefix}{p1}.weight");
+                    if ckpt.contains(&key) {
+                        return Some((prefix, layout));
+                    }
+                }
+            }
+            None
+        };
+        let (prefix, layout) = find(&ckpt).ok_or_else(|| Error::InFile {
+            path: file.clone(),
+            message: "no projector keys (`*multi_modal_projector.linear_1.weight` or                       `*mm_projector.0.weight`)"
+                .into(),
+        })?;
+        let [p1, p2] = projector_paths(layout);
+        let proj = &self.multi_modal_projector;
+        let (d1, d2) = (proj.linear_1.weight.dims(), proj.linear_2.weight.dims());
+        let (b1, b2) = (proj.linear_1.bias.is_some(), proj.linear_2.bias.is_some());
+        let linear_1 = ckpt.take_linear(&format!("{prefix}{p1}"), d1[0], d1[1], b1, device)?;
+        let linear_2 = ckpt.take_linear(&format!("{prefix}{p2}"), d2[0], d2[1], b2, device)?;
+        ckpt.finish()?;
+        self.multi_modal_projector.linear_1 = linear_1;
+        self.multi_modal_projector.linear_2 = linear_2;
+        Ok(true)
     }
 }
 

@@ -23,7 +23,7 @@ use mmedpo_lvlm::{load_llava_as, LlavaForConditionalGeneration};
 use mmedpo_vision::AspectRatio;
 
 use crate::common::{check_vocab, load_tokenizer};
-use crate::journal::{append, by_id, complete_lines, side};
+use crate::journal::{agent_input, append, by_id, check_manifest, complete_lines, side};
 use crate::relevance::{parse_agent, LocalArgs};
 use crate::{with_backend, DeviceKind, Dtype};
 
@@ -86,6 +86,9 @@ pub struct CurateArgs {
     /// Output preference file (MMedPO format, no weights yet).
     #[arg(long)]
     out: PathBuf,
+    /// Start the journals over when they come from other inputs (instead of refusing).
+    #[arg(long)]
+    overwrite: bool,
     /// Where the target model runs.
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
@@ -218,6 +221,34 @@ fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<()> {
         side(&args.out, "progress.jsonl"),
         side(&args.out, "transcripts.jsonl"),
     );
+    // Pairs are resumed by id: only from a run with the same target model, sampling, judge, data.
+    let manifest = mmedpo_core::manifest::Manifest::new("curate-text")
+        .file("data", &args.data)?
+        .value("image_root", args.image_root.display())
+        .dir("model", &args.model)?
+        .opt_dir("vision_tower", args.vision_tower.as_deref())?
+        .opt_dir("tokenizer", args.tokenizer.as_deref())?
+        .value("template", &args.template)
+        .value("dtype", args.dtype.name())
+        .value("n", args.n)
+        .value("temperature", args.temperature)
+        .value("top_p", args.top_p)
+        .value("max_new_tokens", args.max_new_tokens)
+        .value("seed", args.seed)
+        .value("max_retries", args.max_retries)
+        .value(
+            "prompts",
+            mmedpo_core::record::fingerprint([format!("{prompts:?}").as_bytes()]),
+        )
+        .option("local_template", args.local.local_template.as_ref())
+        .value("local_max_new_tokens", args.local.local_max_new_tokens);
+    let manifest = agent_input(manifest, "judge", &args.judge)?;
+    check_manifest(
+        &args.out,
+        &manifest,
+        args.overwrite,
+        &[&progress_path, &transcript_path],
+    )?;
     let done = by_id(&progress_path)?;
     complete_lines(&transcript_path)?;
     let (mut progress, mut transcripts) = (append(&progress_path)?, append(&transcript_path)?);

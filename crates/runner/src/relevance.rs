@@ -21,7 +21,7 @@ use mmedpo_scorer::local::{LocalAgent, LocalSettings};
 use mmedpo_scorer::prompts::Prompts;
 use mmedpo_scorer::{Agent, Protocol, ScoreRequest};
 
-use crate::journal::{append, by_id, complete_lines, side};
+use crate::journal::{agent_input, append, by_id, check_manifest, complete_lines, side};
 use crate::{with_backend, DeviceKind};
 
 /// Arguments of `mmedpo score-relevance`.
@@ -67,6 +67,9 @@ pub struct RelevanceArgs {
     /// Output preference file with `weighted_score` set.
     #[arg(long)]
     out: PathBuf,
+    /// Start the journals over when they come from other inputs (instead of refusing).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 /// Settings of `local=` agents (shared by `score-relevance` and `curate-text`).
@@ -197,6 +200,27 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
         side(&args.out, "progress.jsonl"),
         side(&args.out, "transcripts.jsonl"),
     );
+    // Scores are resumed by id: only from a run with the same data, agents and prompts.
+    let mut manifest = mmedpo_core::manifest::Manifest::new("score-relevance")
+        .file("data", &args.data)?
+        .value(
+            "prompts",
+            mmedpo_core::record::fingerprint([format!("{:?}", protocol.prompts).as_bytes()]),
+        )
+        .value("max_rounds", args.max_rounds)
+        .value("max_retries", args.max_retries)
+        .value("json_schema", args.json_schema)
+        .option("local_template", args.local.local_template.as_ref())
+        .value("local_max_new_tokens", args.local.local_max_new_tokens);
+    for (i, spec) in specs.iter().enumerate() {
+        manifest = agent_input(manifest, &format!("agent[{i}]"), spec)?;
+    }
+    check_manifest(
+        &args.out,
+        &manifest,
+        args.overwrite,
+        &[&progress_path, &transcript_path],
+    )?;
     // A pair is done once it has a score; a failed one (no agent gave a score) is tried again.
     let done: HashMap<String, serde_json::Value> = by_id(&progress_path)?
         .into_iter()

@@ -238,6 +238,13 @@ fn an_openai_judge_picks_and_a_rerun_redoes_nothing() {
             .count(),
         5
     );
+    // Another judge on the same journals is refused, naming it.
+    let o = curate(&llava, &data, &out, &format!("openai={url}@other-judge"));
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains("judge openai model judge → openai model other-judge"),
+        "{e}"
+    );
 }
 
 #[test]

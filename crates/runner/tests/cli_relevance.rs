@@ -66,6 +66,33 @@ fn scores_every_pair_in_order_and_resumes_to_the_same_file() {
         std::fs::read_to_string(&progress).unwrap().lines().count(),
         8
     );
+    // Other agents (or other data) on the same journals are refused, naming the change; with
+    // --overwrite the run starts over.
+    let other = |extra: &[&str]| {
+        let mut v = vec![
+            "score-relevance".to_string(),
+            "--data".into(),
+            "data/default/pairs.json".into(),
+            "--agent".into(),
+            format!("openai={a}@med42"),
+            "--timeout".into(),
+            "10".into(),
+            "--out".into(),
+            out.to_str().unwrap().into(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        let v: Vec<&str> = v.iter().map(String::as_str).collect();
+        mmedpo(&v)
+    };
+    let o = other(&[]);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains("agent[1] openai model biomistral → (absent)"),
+        "{e}"
+    );
+    let o = other(&["--overwrite"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("8 scored"), "{}", stderr(&o));
 }
 
 #[test]

@@ -18,6 +18,7 @@ use mmedpo_lvlm::Layout;
 
 #[test]
 fn accumulated_gradients_equal_one_big_micro_batch() {
+    let _serial = serial();
     let device = Default::default();
     let mut m = model().no_grad();
     let s = settings();
@@ -70,6 +71,7 @@ fn accumulated_gradients_equal_one_big_micro_batch() {
 
 #[test]
 fn training_on_a_small_set_reaches_reward_accuracy_one() {
+    let _serial = serial();
     let device = Default::default();
     let recs = read_records(&root().join("data/default/pairs.json")).unwrap();
     let s = TrainSettings {
@@ -106,6 +108,7 @@ fn training_on_a_small_set_reaches_reward_accuracy_one() {
 
 #[test]
 fn a_projector_learning_rate_trains_the_projector_and_checkpoints_it() {
+    let _serial = serial();
     let recs = read_records(&root().join("data/default/pairs.json")).unwrap();
     let s = TrainSettings {
         max_steps: Some(2),
@@ -167,6 +170,7 @@ fn a_projector_learning_rate_trains_the_projector_and_checkpoints_it() {
 /// as many elements as f32 does. With bf16 masters 1e-7 rounds away on values near 1e-2.
 #[test]
 fn bf16_training_at_lr_1e_7_updates_the_adapter_as_f32_does() {
+    let _serial = serial();
     use burn::tensor::DType;
     let recs = read_records(&root().join("data/default/pairs.json")).unwrap();
     // Burn draws the adapter's initial values lazily (at the first forward), so the updates are

@@ -45,6 +45,13 @@ pub fn model_as(dtype: burn::tensor::DType) -> LlavaForConditionalGeneration<B> 
         .unwrap()
         .model
 }
+/// Serialises the tests of one binary that draw from Burn's random generator: it is one per
+/// backend, seeded by `B::seed`, so tests running side by side would draw each other's numbers.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("mmedpo-train-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);

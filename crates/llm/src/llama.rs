@@ -53,7 +53,26 @@ pub struct LlamaModel<B: Backend> {
     /// Sliding attention window (Mistral), in tokens.
     #[module(skip)]
     pub sliding_window: Option<usize>,
+    /// The last positions' cos/sin tables (host values): a training step asks for the same
+    /// positions for the policy and the reference, and every step of one length does again.
+    #[module(skip)]
+    pub rope_cache: RopeCache,
+    /// The last padding pattern's positions and mask (host values), likewise.
+    #[module(skip)]
+    pub mask_cache: MaskCache,
 }
+
+/// The host positions and mask of the last padding pattern asked for (shared by clones).
+#[derive(Debug, Clone, Default)]
+pub struct MaskCache(std::sync::Arc<std::sync::Mutex<Option<MaskTables>>>);
+
+type MaskTables = (Vec<Vec<bool>>, std::sync::Arc<(Vec<i64>, Vec<bool>)>);
+
+/// The host cos/sin tables of the last positions asked for (shared by clones of the model).
+#[derive(Debug, Clone, Default)]
+pub struct RopeCache(std::sync::Arc<std::sync::Mutex<Option<RopeTables>>>);
+
+type RopeTables = (Vec<i64>, std::sync::Arc<(Vec<f32>, Vec<f32>)>);
 
 /// One pre-norm decoder layer.
 #[derive(Module, Debug)]
@@ -155,6 +174,31 @@ impl<B: Backend> AttentionInput<B> {
         Self::step(key_valid, 0, len, sliding_window, device)
     }
 
+    /// [`new`](Self::new) through `model`'s cache: the host loop runs once per padding pattern
+    /// (a training step's policy and reference forwards share it).
+    pub fn cached(model: &LlamaModel<B>, key_valid: &[Vec<bool>], device: &B::Device) -> Self {
+        let (batch, len) = (key_valid.len(), key_valid.first().map_or(0, Vec::len));
+        let tables = {
+            let mut cache = model.mask_cache.0.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.as_ref().filter(|(k, _)| k.as_slice() == key_valid) {
+                Some((_, t)) => t.clone(),
+                None => {
+                    let (positions, mask) = Self::host(key_valid, 0, len, model.sliding_window);
+                    let t = std::sync::Arc::new((positions, mask));
+                    *cache = Some((key_valid.to_vec(), t.clone()));
+                    t
+                }
+            }
+        };
+        Self {
+            positions: tables.0.clone(),
+            mask: Tensor::from_data(
+                TensorData::new(tables.1.clone(), [batch, 1, len, len]),
+                device,
+            ),
+        }
+    }
+
     /// Inputs for `new_tokens` tokens appended after `past` cached slots.
     ///
     /// `key_valid[b]` covers all `past + new_tokens` slots.
@@ -165,6 +209,18 @@ impl<B: Backend> AttentionInput<B> {
         sliding_window: Option<usize>,
         device: &B::Device,
     ) -> Self {
+        let (batch, total) = (key_valid.len(), past + new_tokens);
+        let (positions, mask) = Self::host(key_valid, past, new_tokens, sliding_window);
+        let mask = Tensor::from_data(TensorData::new(mask, [batch, 1, new_tokens, total]), device);
+        Self { positions, mask }
+    }
+
+    fn host(
+        key_valid: &[Vec<bool>],
+        past: usize,
+        new_tokens: usize,
+        sliding_window: Option<usize>,
+    ) -> (Vec<i64>, Vec<bool>) {
         let batch = key_valid.len();
         let total = past + new_tokens;
         let mut positions = Vec::with_capacity(batch * new_tokens);
@@ -189,8 +245,7 @@ impl<B: Backend> AttentionInput<B> {
                 }
             }
         }
-        let mask = Tensor::from_data(TensorData::new(mask, [batch, 1, new_tokens, total]), device);
-        Self { positions, mask }
+        (positions, mask)
     }
 }
 
@@ -291,6 +346,8 @@ impl DecoderConfig {
                 norm: norm(),
                 inv_freq: rope_inv_freq(self),
                 sliding_window: self.sliding_window,
+                rope_cache: RopeCache::default(),
+                mask_cache: MaskCache::default(),
             },
             lm_head: (!self.tie_word_embeddings).then(|| linear(d, self.vocab_size, false)),
         }
@@ -479,15 +536,27 @@ impl<B: Backend> LlamaModel<B> {
         device: &B::Device,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(positions.len() * half * 2);
-        let mut sin = Vec::with_capacity(positions.len() * half * 2);
-        for &p in positions {
-            let freqs: Vec<f32> = self.inv_freq.iter().map(|f| p as f32 * f).collect();
-            for _ in 0..2 {
-                cos.extend(freqs.iter().map(|&f| (f as f64).cos() as f32));
-                sin.extend(freqs.iter().map(|&f| (f as f64).sin() as f32));
+        let tables = {
+            let mut cache = self.rope_cache.0.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.as_ref().filter(|(p, _)| p.as_slice() == positions) {
+                Some((_, t)) => t.clone(),
+                None => {
+                    let mut cos = Vec::with_capacity(positions.len() * half * 2);
+                    let mut sin = Vec::with_capacity(positions.len() * half * 2);
+                    for &p in positions {
+                        let freqs: Vec<f32> = self.inv_freq.iter().map(|f| p as f32 * f).collect();
+                        for _ in 0..2 {
+                            cos.extend(freqs.iter().map(|&f| (f as f64).cos() as f32));
+                            sin.extend(freqs.iter().map(|&f| (f as f64).sin() as f32));
+                        }
+                    }
+                    let t = std::sync::Arc::new((cos, sin));
+                    *cache = Some((positions.to_vec(), t.clone()));
+                    t
+                }
             }
-        }
+        };
+        let (cos, sin) = (tables.0.clone(), tables.1.clone());
         let shape = [batch, 1, seq, 2 * half];
         // Computed in f32 and rounded to the compute dtype, as `LlamaRotaryEmbedding` returns
         // `cos.to(x.dtype)`.
@@ -668,6 +737,38 @@ mod tests {
             true, true, false, false,
         ];
         assert_eq!(mask, expected);
+    }
+
+    #[test]
+    fn the_rope_cache_holds_the_last_positions_only() {
+        let model = tiny(None, false).init::<B>(&Default::default());
+        let dev = Default::default();
+        let host = |t: Tensor<B, 4>| -> Vec<f32> { t.into_data().to_vec().unwrap() };
+        let (a, b) = (vec![0i64, 1, 2, 3], vec![5i64, 6, 7, 8]);
+        let (ca, sa) = model.model.rope(&a, 1, 4, &dev);
+        let (cb, _) = model.model.rope(&b, 1, 4, &dev);
+        assert_ne!(host(ca.clone()), host(cb), "other positions, other tables");
+        let (ca2, sa2) = model.model.rope(&a, 1, 4, &dev);
+        assert_eq!((host(ca), host(sa)), (host(ca2), host(sa2)));
+        let cached = model.model.rope_cache.0.lock().unwrap();
+        assert_eq!(cached.as_ref().map(|(p, _)| p.clone()), Some(a));
+        // The mask cache gives what a fresh build gives, for each of two padding patterns.
+        let masks =
+            |i: &AttentionInput<B>| -> Vec<bool> { i.mask.clone().into_data().to_vec().unwrap() };
+        for valid in [
+            vec![vec![true, true, false]],
+            vec![vec![false, true, true]],
+            vec![vec![true, true, false]],
+        ] {
+            let (c, n) = (
+                AttentionInput::cached(&model.model, &valid, &dev),
+                AttentionInput::<B>::new(&valid, None, &dev),
+            );
+            assert_eq!(
+                (c.positions.clone(), masks(&c)),
+                (n.positions.clone(), masks(&n))
+            );
+        }
     }
 
     #[test]

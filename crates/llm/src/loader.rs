@@ -113,6 +113,8 @@ pub fn take_llm<B: Backend>(
             norm,
             inv_freq: rope_inv_freq(config),
             sliding_window: config.sliding_window,
+            rope_cache: Default::default(),
+            mask_cache: Default::default(),
         },
         lm_head,
     })

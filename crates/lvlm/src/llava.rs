@@ -293,9 +293,9 @@ impl<B: Backend> LlavaForConditionalGeneration<B> {
     /// # Shapes
     /// - output: `[batch, len, vocab]`
     pub fn forward(&self, inputs: &MultimodalInputs<B>) -> Tensor<B, 3> {
-        let attn = AttentionInput::new(
+        let attn = AttentionInput::cached(
+            &self.language_model.model,
             &inputs.key_valid,
-            self.language_model.model.sliding_window,
             &inputs.embeds.device(),
         );
         self.language_model
@@ -312,11 +312,7 @@ impl<B: Backend> LlavaForConditionalGeneration<B> {
     /// Returns `[batch]` sums and the token counts.
     pub fn labelled_logps(&self, inputs: &MultimodalInputs<B>) -> (Tensor<B, 1>, Vec<usize>) {
         let device = inputs.embeds.device();
-        let attn = AttentionInput::new(
-            &inputs.key_valid,
-            self.language_model.model.sliding_window,
-            &device,
-        );
+        let attn = AttentionInput::cached(&self.language_model.model, &inputs.key_valid, &device);
         let hidden = self
             .language_model
             .model

@@ -39,3 +39,16 @@ pub fn check_vocab(tokenizer: &Tokenizer, vocab_size: usize, model: &Path) -> Re
     }
     Ok(())
 }
+
+/// Loads a LLaVA directory with its weights in `dtype` and checks that `tokenizer` fits its vocabulary.
+pub fn load_llava_checked<B: burn::tensor::backend::Backend>(
+    model: &Path,
+    vision_tower: Option<&Path>,
+    tokenizer: &Tokenizer,
+    device: &B::Device,
+    dtype: burn::tensor::DType,
+) -> Result<mmedpo_lvlm::LoadedLlava<B>> {
+    let llava = mmedpo_lvlm::load_llava_as::<B>(model, vision_tower, device, dtype)?;
+    check_vocab(tokenizer, llava.config.text.vocab_size, model)?;
+    Ok(llava)
+}

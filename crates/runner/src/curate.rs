@@ -19,10 +19,10 @@ use mmedpo_core::record::{fingerprint_u64, read_items};
 use mmedpo_curation::{judge, to_record, CandidateSampler, Item, JudgePrompts, Verdict};
 use mmedpo_llm::{GenerationConfig, Sampling, Template, Tokenizer};
 use mmedpo_lvlm::generate::generate_answers;
-use mmedpo_lvlm::{load_llava_as, LlavaForConditionalGeneration};
+use mmedpo_lvlm::LlavaForConditionalGeneration;
 use mmedpo_vision::AspectRatio;
 
-use crate::common::{check_vocab, load_tokenizer};
+use crate::common::{load_llava_checked, load_tokenizer};
 use crate::journal::{agent_input, append, by_id, check_manifest, complete_lines, side};
 use crate::relevance::{parse_agent, LocalArgs};
 use crate::{with_backend, DeviceKind, Dtype};
@@ -191,13 +191,13 @@ fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<()> {
         &args.local,
     )?;
     let tokenizer = load_tokenizer(&args.model, args.tokenizer.as_deref())?;
-    let llava = load_llava_as::<B>(
+    let llava = load_llava_checked::<B>(
         &args.model,
         args.vision_tower.as_deref(),
+        &tokenizer,
         device,
         args.dtype.burn(),
     )?;
-    check_vocab(&tokenizer, llava.config.text.vocab_size, &args.model)?;
     let mut sampler = LlavaSampler {
         model: &llava.model,
         tokenizer: &tokenizer,

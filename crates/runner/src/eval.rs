@@ -15,10 +15,9 @@ use mmedpo_eval::vqa::{closed_hit, open_recall};
 use mmedpo_eval::wordnet::WordNet;
 use mmedpo_llm::{GenerationConfig, Sampling, Template};
 use mmedpo_lvlm::generate::generate_answers;
-use mmedpo_lvlm::load_llava_as;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{check_vocab, load_tokenizer};
+use crate::common::{load_llava_checked, load_tokenizer};
 use crate::{with_backend, DeviceKind, Dtype};
 
 /// Which benchmark kind.
@@ -462,13 +461,13 @@ fn run_on<B: Backend>(args: &EvalArgs, device: &B::Device) -> Result<()> {
         .filter(|(_, it)| !done.contains(&it.id.to_string()))
         .collect();
     let tokenizer = load_tokenizer(model_dir, args.tokenizer.as_deref())?;
-    let mut llava = load_llava_as::<B>(
+    let mut llava = load_llava_checked::<B>(
         model_dir,
         args.vision_tower.as_deref(),
+        &tokenizer,
         device,
         args.dtype.burn(),
     )?;
-    check_vocab(&tokenizer, llava.config.text.vocab_size, model_dir)?;
     if let Some(a) = &args.adapter {
         llava.model.load_adapter(a, device)?;
     }

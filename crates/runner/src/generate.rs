@@ -8,9 +8,8 @@ use clap::Args;
 use mmedpo_llm::generate::generate;
 use mmedpo_llm::{load_llm_as, Generation, GenerationConfig, Sampling, Template, Tokenizer};
 use mmedpo_lvlm::generate::generate_answers;
-use mmedpo_lvlm::load_llava_as;
 
-use crate::common::{check_vocab, load_tokenizer};
+use crate::common::{check_vocab, load_llava_checked, load_tokenizer};
 
 use crate::{with_backend, DeviceKind, Dtype};
 
@@ -84,13 +83,13 @@ fn run_on<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
         },
     };
     if let Some(image) = &args.image {
-        let llava = load_llava_as::<B>(
+        let llava = load_llava_checked::<B>(
             &args.model,
             args.vision_tower.as_deref(),
+            &tokenizer,
             device,
             args.dtype.burn(),
         )?;
-        check_vocab(&tokenizer, llava.config.text.vocab_size, &args.model)?;
         let config = GenerationConfig {
             max_new_tokens: args.max_new_tokens,
             sampling,

@@ -112,8 +112,8 @@ fn eval_generates_scores_resumes_and_compares() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = dir.join("out");
-    let run = || {
-        mmedpo(&[
+    let rerun = |extra: &[&str]| {
+        let mut a = vec![
             "eval",
             "--model",
             model.to_str().unwrap(),
@@ -131,8 +131,11 @@ fn eval_generates_scores_resumes_and_compares() {
             "4",
             "--batch-size",
             "4",
-        ])
+        ];
+        a.extend_from_slice(extra);
+        mmedpo(&a)
     };
+    let run = || rerun(&[]);
     let o = run();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("| Open (recall) | Closed (accuracy) |"));
@@ -165,29 +168,6 @@ fn eval_generates_scores_resumes_and_compares() {
     );
     // The folder holds the base model's answers: another temperature, an adapter or other data
     // is refused, naming what changed; --overwrite starts over; a second writer is kept off.
-    let rerun = |extra: &[&str]| {
-        let mut a = vec![
-            "eval",
-            "--model",
-            model.to_str().unwrap(),
-            "--tokenizer",
-            "models/mistral-tokenizer/tokenizer.json",
-            "--data",
-            "data/default/vqa_test.json",
-            "--image-root",
-            "data/images",
-            "--task",
-            "vqa",
-            "--out",
-            out.to_str().unwrap(),
-            "--max-new-tokens",
-            "4",
-            "--batch-size",
-            "4",
-        ];
-        a.extend_from_slice(extra);
-        mmedpo(&a)
-    };
     let e = stderr(&rerun(&["--temperature", "0"]));
     assert!(
         e.contains("other inputs (temperature 0.2 → 0") && e.contains("--overwrite"),

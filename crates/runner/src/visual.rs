@@ -66,6 +66,9 @@ pub struct VisualArgs {
     /// Where MedKLIP runs.
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
+    /// Start the progress over when it comes from other inputs (instead of refusing).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 /// The preference file written at the top of `--out`.
@@ -156,23 +159,35 @@ fn run_on<B: Backend>(args: &VisualArgs, device: &B::Device) -> Result<()> {
         }
     }
     let progress_path = args.out.join("progress.jsonl");
-    let done = by_id(&progress_path)?;
-    // Settings that change pixels or scores must match the run being resumed.
-    let settings = serde_json::json!({
-        "noise": mode.name(), "noise_step": args.noise_step, "seed": args.seed, "query": args.query,
-        "medklip": mmedpo_medklip::model::FINGERPRINT,
-    });
-    let settings_path = args.out.join("settings.json");
-    if let Ok(old) = std::fs::read_to_string(&settings_path) {
-        let old: serde_json::Value = serde_json::from_str(&old).unwrap_or_default();
-        if old != settings && !done.is_empty() {
-            bail!(
-                "{} holds a run with other settings ({old}); use another --out or delete it",
-                args.out.display()
-            );
+    // What changes pixels or weights must match the run being resumed (as the other journals).
+    let manifest = mmedpo_core::manifest::Manifest::new("visual-pairs")
+        .file("data", &args.data)?
+        .value("image_root", args.image_root.display())
+        .value("noise", mode.name())
+        .value("noise_step", args.noise_step)
+        .value("seed", args.seed)
+        .value("query", &args.query)
+        .value("medklip", mmedpo_medklip::model::FINGERPRINT);
+    let manifest = match &args.medklip_weights {
+        Some(w) => manifest.file("medklip_weights", w)?,
+        None => manifest.value("medklip_weights", "built in"),
+    };
+    let manifest_path = args.out.join("manifest.json");
+    if args.overwrite {
+        for f in [&progress_path, &manifest_path] {
+            if f.is_file() {
+                std::fs::remove_file(f).with_context(|| format!("removing {}", f.display()))?;
+            }
         }
+    } else if !manifest_path.is_file() && progress_path.is_file() {
+        bail!(
+            "{}: progress without manifest.json (from an older mmedpo?) cannot be checked against \
+             this run's inputs; pass --overwrite or choose another --out",
+            args.out.display()
+        );
     }
-    std::fs::write(&settings_path, format!("{settings:#}\n"))?;
+    manifest.check(&manifest_path, &args.out)?;
+    let done = by_id(&progress_path)?;
 
     let model = Medklip::<B>::load(args.medklip_weights.as_deref(), device)?;
     tracing::info!(

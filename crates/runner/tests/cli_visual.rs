@@ -166,7 +166,7 @@ fn a_killed_run_resumes_to_the_same_files() {
             &lines[3][..10]
         );
         std::fs::write(b.join("progress.jsonl"), cut).unwrap();
-        std::fs::write(b.join("settings.json"), &whole["/settings.json"]).unwrap();
+        std::fs::write(b.join("manifest.json"), &whole["/manifest.json"]).unwrap();
         for line in &lines[..4] {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             let name = Path::new(v["rejected_image"].as_str().unwrap())
@@ -212,7 +212,7 @@ fn a_killed_run_resumes_to_the_same_files() {
     // Other settings in the same folder are refused instead of mixed.
     let o = run(&data, &a, &["--noise", "speckle-clamped"]);
     assert!(
-        !o.status.success() && stderr(&o).contains("other settings"),
+        !o.status.success() && stderr(&o).contains("noise diffusion → speckle-clamped"),
         "{}",
         stderr(&o)
     );

@@ -326,7 +326,7 @@ impl Checkpoint {
     /// backend, as `torch_dtype=bfloat16` loads them).
     pub fn float_dtype<B: Backend>(&self) -> DType {
         self.float_dtype
-            .unwrap_or_else(<B::FloatElem as burn::tensor::Element>::dtype)
+            .unwrap_or_else(crate::precision::default_float::<B>)
     }
 
     /// Makes every tensor taken from now on that dtype (f32, f16 or bf16), whatever it is on disk.

@@ -97,9 +97,42 @@ impl Manifest {
             .collect()
     }
 
+    /// Starts or resumes `output`, whose progress lives in `journals`: with `overwrite` they and the
+    /// manifest at `path` are removed first; journals without a manifest (from an older mmedpo)
+    /// cannot be checked and are refused; then [`check`](Self::check).
+    pub fn begin(
+        &self,
+        path: &Path,
+        output: &Path,
+        overwrite: bool,
+        journals: &[&Path],
+    ) -> Result<Prior> {
+        if overwrite {
+            for f in journals.iter().copied().chain([path]) {
+                if f.is_file() {
+                    std::fs::remove_file(f).map_err(|e| Error::io(f, e))?;
+                }
+            }
+        } else if !path.is_file() {
+            if let Some(j) = journals.iter().find(|j| j.is_file()) {
+                return Err(Error::Stale {
+                    path: output.to_path_buf(),
+                    message: format!(
+                        "{} without {} (from an older mmedpo?) cannot be checked against this \
+                         run's inputs; pass --overwrite or choose another --out",
+                        j.display(),
+                        path.display()
+                    ),
+                });
+            }
+        }
+        self.check(path, output, "pass --overwrite")
+    }
+
     /// Compares with the manifest at `path` (written when absent). A different one is an error
-    /// naming what changed and `output`, with the ways on.
-    pub fn check(&self, path: &Path, output: &Path) -> Result<Prior> {
+    /// naming what changed and `output`, with the ways on: `start_over` (e.g. `pass --overwrite`)
+    /// or another `--out`.
+    pub fn check(&self, path: &Path, output: &Path, start_over: &str) -> Result<Prior> {
         let Ok(text) = std::fs::read_to_string(path) else {
             self.write(path)?;
             return Ok(Prior::Fresh);
@@ -115,7 +148,7 @@ impl Manifest {
         Err(Error::Stale {
             path: output.to_path_buf(),
             message: format!(
-                "was made with other inputs ({}; recorded in {}): pass --overwrite to start it over, \
+                "was made with other inputs ({}; recorded in {}): {start_over} to start it over, \
                  or choose another --out",
                 if changes.is_empty() {
                     format!("command {} → {}", old.command, self.command)
@@ -216,19 +249,47 @@ mod tests {
         let m = Manifest::new("eval")
             .value("temperature", 0.2)
             .value("seed", 0);
-        assert_eq!(m.check(&path, &d).unwrap(), Prior::Fresh);
-        assert_eq!(m.check(&path, &d).unwrap(), Prior::Same);
+        assert_eq!(
+            m.check(&path, &d, "pass --overwrite").unwrap(),
+            Prior::Fresh
+        );
+        assert_eq!(m.check(&path, &d, "pass --overwrite").unwrap(), Prior::Same);
         let other = Manifest::new("eval")
             .value("temperature", 0)
             .value("seed", 0);
-        let e = other.check(&path, &d).unwrap_err().to_string();
+        let e = other
+            .check(&path, &d, "pass --overwrite")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("temperature 0.2 → 0") && e.contains("--overwrite"),
             "{e}"
         );
         let more = m.clone().option("adapter", Some("abc"));
-        let e = more.check(&path, &d).unwrap_err().to_string();
+        let e = more
+            .check(&path, &d, "pass --overwrite")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("adapter (absent) → abc"), "{e}");
+    }
+
+    #[test]
+    fn journals_without_a_manifest_are_refused_and_overwrite_clears_them() {
+        let d = tmp("b");
+        let (path, journal) = (d.join("manifest.json"), d.join("progress.jsonl"));
+        std::fs::write(&journal, "{}\n").unwrap();
+        let m = Manifest::new("visual-pairs").value("seed", 1);
+        let e = m
+            .begin(&path, &d, false, &[&journal])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("progress.jsonl without") && e.contains("--overwrite"),
+            "{e}"
+        );
+        assert_eq!(m.begin(&path, &d, true, &[&journal]).unwrap(), Prior::Fresh);
+        assert!(!journal.exists());
+        assert_eq!(m.begin(&path, &d, false, &[&journal]).unwrap(), Prior::Same);
     }
 
     #[test]

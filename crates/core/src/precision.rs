@@ -91,15 +91,9 @@ pub fn cast_module<B: Backend, M: Module<B>>(module: M, dtype: DType) -> M {
     module.map(&mut Cast(dtype))
 }
 
-/// The dtype of a float parameter, as a short name for logs and file metadata.
-pub fn dtype_name(dtype: DType) -> &'static str {
-    match dtype {
-        DType::F32 => "f32",
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-        DType::F64 => "f64",
-        _ => "other",
-    }
+/// The backend's default float dtype (what tensors get unless a dtype is asked for).
+pub fn default_float<B: Backend>() -> DType {
+    <B::FloatElem as burn::tensor::Element>::dtype()
 }
 
 #[cfg(test)]

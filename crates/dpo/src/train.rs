@@ -571,26 +571,24 @@ pub fn train<B: AutodiffBackend>(
     }
 
     let mut ran = 0;
-    // Pair `pos` of micro-batch `micro`, in the seeded epoch order.
-    let batch_size = settings.batch_size;
-    let micro_indices = move |micro: usize| -> Vec<usize> {
-        let (epoch, pos) = (micro / micro_per_epoch, micro % micro_per_epoch);
-        let order = epoch_order(n, settings.seed, epoch);
-        order[pos * batch_size..((pos + 1) * batch_size).min(n)].to_vec()
-    };
-    // Tokenizing and decoding the images of the next micro-batches happen on a worker thread while
-    // the current step computes (at most two batches ahead).
+    // The micro-batches in order (pairs by index, in the seeded epoch order), tokenized and with
+    // their images decoded on a worker thread while the current step computes (at most two
+    // batches ahead).
+    type Batch = (Vec<usize>, mmedpo_lvlm::Result<Vec<PreparedPair>>);
     std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<mmedpo_lvlm::Result<Vec<PreparedPair>>>(2);
-        let grad_accum = settings.grad_accum;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(2);
+        let (grad_accum, batch_size) = (settings.grad_accum, settings.batch_size);
         let pairs_settings = &settings.pairs;
         scope.spawn(move || {
             for micro in start * grad_accum..total * grad_accum {
-                let batch = micro_indices(micro)
+                let (epoch, pos) = (micro / micro_per_epoch, micro % micro_per_epoch);
+                let order = epoch_order(n, settings.seed, epoch);
+                let idx = order[pos * batch_size..((pos + 1) * batch_size).min(n)].to_vec();
+                let batch = idx
                     .iter()
                     .map(|&i| prepare_pair(tok, pairs_settings, &records[i]))
                     .collect();
-                if tx.send(batch).is_err() {
+                if tx.send((idx, batch)).is_err() {
                     return; // the trainer stopped
                 }
             }
@@ -601,11 +599,11 @@ pub fn train<B: AutodiffBackend>(
             let mut acc: BTreeMap<String, Tensor<Inner<B>, 1>> = BTreeMap::new();
             let (mut loss, mut metrics, mut count) = (0.0, [0.0f64; 6], 0usize);
             let mut step_ids: Vec<String> = vec![];
-            for a in 0..settings.grad_accum {
-                let idx = micro_indices(step * settings.grad_accum + a);
-                let prepared: Vec<PreparedPair> = rx
+            for _ in 0..settings.grad_accum {
+                let (idx, prepared) = rx
                     .recv()
-                    .map_err(|_| Error::Setting("the data worker thread stopped".into()))??;
+                    .map_err(|_| Error::Setting("the data worker thread stopped".into()))?;
+                let prepared: Vec<PreparedPair> = prepared?;
                 let w: Vec<f64> = idx.iter().map(|&i| weights[i]).collect();
                 let refs = reference.as_ref().map(|m| {
                     let c: Vec<f64> = idx

@@ -62,17 +62,53 @@ pub struct LlamaModel<B: Backend> {
     pub mask_cache: MaskCache,
 }
 
-/// The host positions and mask of the last padding pattern asked for (shared by clones).
-#[derive(Debug, Clone, Default)]
-pub struct MaskCache(std::sync::Arc<std::sync::Mutex<Option<MaskTables>>>);
+/// The value computed for the last key asked for, shared by clones of the model (the policy and
+/// its reference).
+#[derive(Debug, Clone)]
+pub struct LastCache<K, V>(std::sync::Arc<std::sync::Mutex<Option<Entry<K, V>>>>);
 
-type MaskTables = (Vec<Vec<bool>>, std::sync::Arc<(Vec<i64>, Vec<bool>)>);
+type Entry<K, V> = (K, std::sync::Arc<V>);
 
-/// The host cos/sin tables of the last positions asked for (shared by clones of the model).
-#[derive(Debug, Clone, Default)]
-pub struct RopeCache(std::sync::Arc<std::sync::Mutex<Option<RopeTables>>>);
+impl<K, V> Default for LastCache<K, V> {
+    fn default() -> Self {
+        Self(Default::default())
+    }
+}
 
-type RopeTables = (Vec<i64>, std::sync::Arc<(Vec<f32>, Vec<f32>)>);
+impl<K, V> LastCache<K, V> {
+    /// The value for `key`: the cached one when `key` was the last asked for, else `compute()`'s,
+    /// which replaces it.
+    pub fn get<Q>(&self, key: &Q, compute: impl FnOnce() -> V) -> std::sync::Arc<V>
+    where
+        Q: PartialEq + ToOwned<Owned = K> + ?Sized,
+        K: std::borrow::Borrow<Q>,
+    {
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match cache.as_ref().filter(|(k, _)| k.borrow() == key) {
+            Some((_, v)) => v.clone(),
+            None => {
+                let v = std::sync::Arc::new(compute());
+                *cache = Some((key.to_owned(), v.clone()));
+                v
+            }
+        }
+    }
+
+    /// The key of the cached value.
+    pub fn key(&self) -> Option<K>
+    where
+        K: Clone,
+    {
+        let cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        cache.as_ref().map(|(k, _)| k.clone())
+    }
+}
+
+/// RoPE positions → host cos/sin tables.
+pub type RopeCache = LastCache<Vec<i64>, (Vec<f32>, Vec<f32>)>;
+
+/// Padding pattern (`key_valid`) → host positions and mask.
+pub type MaskCache = LastCache<Vec<Vec<bool>>, (Vec<i64>, Vec<bool>)>;
 
 /// One pre-norm decoder layer.
 #[derive(Module, Debug)]
@@ -178,18 +214,9 @@ impl<B: Backend> AttentionInput<B> {
     /// (a training step's policy and reference forwards share it).
     pub fn cached(model: &LlamaModel<B>, key_valid: &[Vec<bool>], device: &B::Device) -> Self {
         let (batch, len) = (key_valid.len(), key_valid.first().map_or(0, Vec::len));
-        let tables = {
-            let mut cache = model.mask_cache.0.lock().unwrap_or_else(|e| e.into_inner());
-            match cache.as_ref().filter(|(k, _)| k.as_slice() == key_valid) {
-                Some((_, t)) => t.clone(),
-                None => {
-                    let (positions, mask) = Self::host(key_valid, 0, len, model.sliding_window);
-                    let t = std::sync::Arc::new((positions, mask));
-                    *cache = Some((key_valid.to_vec(), t.clone()));
-                    t
-                }
-            }
-        };
+        let tables = model.mask_cache.get(key_valid, || {
+            Self::host(key_valid, 0, len, model.sliding_window)
+        });
         Self {
             positions: tables.0.clone(),
             mask: Tensor::from_data(
@@ -536,26 +563,18 @@ impl<B: Backend> LlamaModel<B> {
         device: &B::Device,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let half = self.inv_freq.len();
-        let tables = {
-            let mut cache = self.rope_cache.0.lock().unwrap_or_else(|e| e.into_inner());
-            match cache.as_ref().filter(|(p, _)| p.as_slice() == positions) {
-                Some((_, t)) => t.clone(),
-                None => {
-                    let mut cos = Vec::with_capacity(positions.len() * half * 2);
-                    let mut sin = Vec::with_capacity(positions.len() * half * 2);
-                    for &p in positions {
-                        let freqs: Vec<f32> = self.inv_freq.iter().map(|f| p as f32 * f).collect();
-                        for _ in 0..2 {
-                            cos.extend(freqs.iter().map(|&f| (f as f64).cos() as f32));
-                            sin.extend(freqs.iter().map(|&f| (f as f64).sin() as f32));
-                        }
-                    }
-                    let t = std::sync::Arc::new((cos, sin));
-                    *cache = Some((positions.to_vec(), t.clone()));
-                    t
+        let tables = self.rope_cache.get(positions, || {
+            let mut cos = Vec::with_capacity(positions.len() * half * 2);
+            let mut sin = Vec::with_capacity(positions.len() * half * 2);
+            for &p in positions {
+                let freqs: Vec<f32> = self.inv_freq.iter().map(|f| p as f32 * f).collect();
+                for _ in 0..2 {
+                    cos.extend(freqs.iter().map(|&f| (f as f64).cos() as f32));
+                    sin.extend(freqs.iter().map(|&f| (f as f64).sin() as f32));
                 }
             }
-        };
+            (cos, sin)
+        });
         let (cos, sin) = (tables.0.clone(), tables.1.clone());
         let shape = [batch, 1, seq, 2 * half];
         // Computed in f32 and rounded to the compute dtype, as `LlamaRotaryEmbedding` returns
@@ -750,8 +769,7 @@ mod tests {
         assert_ne!(host(ca.clone()), host(cb), "other positions, other tables");
         let (ca2, sa2) = model.model.rope(&a, 1, 4, &dev);
         assert_eq!((host(ca), host(sa)), (host(ca2), host(sa2)));
-        let cached = model.model.rope_cache.0.lock().unwrap();
-        assert_eq!(cached.as_ref().map(|(p, _)| p.clone()), Some(a));
+        assert_eq!(model.model.rope_cache.key(), Some(a));
         // The mask cache gives what a fresh build gives, for each of two padding patterns.
         let masks =
             |i: &AttentionInput<B>| -> Vec<bool> { i.mask.clone().into_data().to_vec().unwrap() };

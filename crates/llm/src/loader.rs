@@ -169,11 +169,7 @@ pub struct LoadedLlm<B: Backend> {
 
 /// Loads an HF Llama/Mistral directory (`config.json` + safetensors), strictly.
 pub fn load_llm<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedLlm<B>> {
-    load_llm_as(
-        dir,
-        device,
-        <B::FloatElem as burn::tensor::Element>::dtype(),
-    )
+    load_llm_as(dir, device, mmedpo_core::precision::default_float::<B>())
 }
 
 /// [`load_llm`] with the weights in `dtype` (f32, f16 or bf16): the compute dtype, as

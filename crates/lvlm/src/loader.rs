@@ -86,7 +86,7 @@ pub fn load_llava<B: Backend>(
         dir,
         vision_tower,
         device,
-        <B::FloatElem as burn::tensor::Element>::dtype(),
+        mmedpo_core::precision::default_float::<B>(),
     )
 }
 

@@ -23,7 +23,7 @@ use mmedpo_lvlm::LlavaForConditionalGeneration;
 use mmedpo_vision::AspectRatio;
 
 use crate::common::{load_llava_checked, load_tokenizer};
-use crate::journal::{agent_input, append, by_id, check_manifest, complete_lines, side};
+use crate::journal::{agent_input, append, by_id, complete_lines, side};
 use crate::relevance::{parse_agent, LocalArgs};
 use crate::{with_backend, DeviceKind, Dtype};
 
@@ -243,9 +243,9 @@ fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<()> {
         .option("local_template", args.local.local_template.as_ref())
         .value("local_max_new_tokens", args.local.local_max_new_tokens);
     let manifest = agent_input(manifest, "judge", &args.judge)?;
-    check_manifest(
+    manifest.begin(
+        &side(&args.out, "manifest.json"),
         &args.out,
-        &manifest,
         args.overwrite,
         &[&progress_path, &transcript_path],
     )?;

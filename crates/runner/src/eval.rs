@@ -420,25 +420,14 @@ fn run_on<B: Backend>(args: &EvalArgs, device: &B::Device) -> Result<()> {
         .value("seed", args.seed)
         .value("max_new_tokens", max_new)
         .value("dtype", args.dtype.name());
-    let manifest_path = out.join("manifest.json");
-    if args.overwrite {
-        for f in [
-            "predictions.jsonl",
-            "metrics.json",
-            "table.md",
-            "manifest.json",
-        ] {
-            let _ = std::fs::remove_file(out.join(f));
-        }
-    } else if !manifest_path.is_file() && out.join("predictions.jsonl").is_file() {
-        bail!(
-            "{}: predictions without a manifest.json (from an older mmedpo?) cannot be checked \
-             against this run's inputs; pass --overwrite or choose another --out",
-            out.display()
-        );
-    }
-    manifest.check(&manifest_path, out)?;
     let pred_path = out.join("predictions.jsonl");
+    let (metrics_path, table_path) = (out.join("metrics.json"), out.join("table.md"));
+    manifest.begin(
+        &out.join("manifest.json"),
+        out,
+        args.overwrite,
+        &[&pred_path, &metrics_path, &table_path],
+    )?;
     let mut done: HashSet<String> = HashSet::new();
     if let Ok(text) = std::fs::read_to_string(&pred_path) {
         let keep: Vec<&str> = text
@@ -554,17 +543,14 @@ fn run_on<B: Backend>(args: &EvalArgs, device: &B::Device) -> Result<()> {
     bar.finish_and_clear();
     let preds = read_predictions(&pred_path)?;
     let metrics = score(task, &preds, args.wordnet.as_deref())?;
-    std::fs::write(
-        out.join("metrics.json"),
-        serde_json::to_string_pretty(&metrics)?,
-    )?;
+    std::fs::write(&metrics_path, serde_json::to_string_pretty(&metrics)?)?;
     let md = table(task, &metrics);
-    std::fs::write(out.join("table.md"), &md)?;
+    std::fs::write(&table_path, &md)?;
     say!("{md}");
     note!(
         "predictions: {}\nmetrics:     {}",
         pred_path.display(),
-        out.join("metrics.json").display()
+        metrics_path.display()
     );
     Ok(())
 }

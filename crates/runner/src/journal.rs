@@ -9,33 +9,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-/// Checks `OUT.manifest.json` against `manifest` before a journaled run resumes: a journal made
-/// from other inputs is refused, naming them; with `overwrite` the journals start over.
-pub fn check_manifest(
-    out: &Path,
-    manifest: &mmedpo_core::manifest::Manifest,
-    overwrite: bool,
-    journals: &[&Path],
-) -> Result<()> {
-    let path = side(out, "manifest.json");
-    if overwrite {
-        for j in journals.iter().copied().chain([path.as_path()]) {
-            if j.is_file() {
-                std::fs::remove_file(j).with_context(|| format!("removing {}", j.display()))?;
-            }
-        }
-    } else if !path.is_file() && journals.iter().any(|j| j.is_file()) {
-        anyhow::bail!(
-            "{}: progress without {} (from an older mmedpo?) cannot be checked against this run's \
-             inputs; pass --overwrite or choose another --out",
-            out.display(),
-            path.display()
-        );
-    }
-    manifest.check(&path, out)?;
-    Ok(())
-}
-
 /// Adds an agent to a manifest: an API agent's model name, a `local=DIR` agent's weights.
 pub fn agent_input(
     m: mmedpo_core::manifest::Manifest,

@@ -21,7 +21,7 @@ use mmedpo_scorer::local::{LocalAgent, LocalSettings};
 use mmedpo_scorer::prompts::Prompts;
 use mmedpo_scorer::{Agent, Protocol, ScoreRequest};
 
-use crate::journal::{agent_input, append, by_id, check_manifest, complete_lines, side};
+use crate::journal::{agent_input, append, by_id, complete_lines, side};
 use crate::{with_backend, DeviceKind};
 
 /// Arguments of `mmedpo score-relevance`.
@@ -215,9 +215,9 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
     for (i, spec) in specs.iter().enumerate() {
         manifest = agent_input(manifest, &format!("agent[{i}]"), spec)?;
     }
-    check_manifest(
+    manifest.begin(
+        &side(&args.out, "manifest.json"),
         &args.out,
-        &manifest,
         args.overwrite,
         &[&progress_path, &transcript_path],
     )?;

@@ -533,15 +533,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let manifest = train_manifest(&config)?;
     let manifest_path = config.out.join("manifest.json");
     if args.resume && manifest_path.is_file() {
-        manifest.check(&manifest_path, &config.out).map_err(|e| {
-            anyhow::anyhow!(
-                "{}",
-                e.to_string().replace(
-                    "pass --overwrite to start it over",
-                    "drop --resume to start it over"
-                )
-            )
-        })?;
+        manifest.check(&manifest_path, &config.out, "drop --resume")?;
     } else {
         manifest.write(&manifest_path)?;
     }

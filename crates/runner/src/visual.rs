@@ -172,21 +172,12 @@ fn run_on<B: Backend>(args: &VisualArgs, device: &B::Device) -> Result<()> {
         Some(w) => manifest.file("medklip_weights", w)?,
         None => manifest.value("medklip_weights", "built in"),
     };
-    let manifest_path = args.out.join("manifest.json");
-    if args.overwrite {
-        for f in [&progress_path, &manifest_path] {
-            if f.is_file() {
-                std::fs::remove_file(f).with_context(|| format!("removing {}", f.display()))?;
-            }
-        }
-    } else if !manifest_path.is_file() && progress_path.is_file() {
-        bail!(
-            "{}: progress without manifest.json (from an older mmedpo?) cannot be checked against \
-             this run's inputs; pass --overwrite or choose another --out",
-            args.out.display()
-        );
-    }
-    manifest.check(&manifest_path, &args.out)?;
+    manifest.begin(
+        &args.out.join("manifest.json"),
+        &args.out,
+        args.overwrite,
+        &[&progress_path],
+    )?;
     let done = by_id(&progress_path)?;
 
     let model = Medklip::<B>::load(args.medklip_weights.as_deref(), device)?;

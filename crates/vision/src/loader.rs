@@ -151,11 +151,7 @@ pub fn load_clip<B: Backend>(
     dir: &Path,
     device: &B::Device,
 ) -> Result<(ClipVisionModel<B>, ClipVisionConfig, LoadReport)> {
-    load_clip_as(
-        dir,
-        device,
-        <B::FloatElem as burn::tensor::Element>::dtype(),
-    )
+    load_clip_as(dir, device, mmedpo_core::precision::default_float::<B>())
 }
 
 /// [`load_clip`] with the weights in `dtype` (f32, f16 or bf16; the tower then computes in it).

@@ -269,11 +269,30 @@ impl Checkpoint {
     }
 
     fn entry(&self, key: &str) -> Result<&Entry> {
-        self.entries.get(key).ok_or_else(|| Error::Keys {
-            dir: self.dir.clone(),
-            missing: vec![key.to_string()],
-            unused: vec![],
+        self.entries.get(key).ok_or_else(|| {
+            // What else the missing key's module holds that nothing took is named with it (a
+            // key whose name was damaged shows up as both).
+            let module = key.rsplit_once('.').map_or("", |(m, _)| m);
+            Error::Keys {
+                dir: self.dir.clone(),
+                missing: vec![key.to_string()],
+                unused: self.untaken_under::<&str>(&format!("{module}."), &[]),
+            }
         })
+    }
+
+    /// Keys starting with `prefix` that nothing took, are not in `expected`, and are not ignored
+    /// by name.
+    fn untaken_under<S: AsRef<str>>(&self, prefix: &str, expected: &[S]) -> Vec<String> {
+        let expected: std::collections::HashSet<&str> =
+            expected.iter().map(|k| k.as_ref()).collect();
+        self.entries
+            .keys()
+            .filter(|k| k.starts_with(prefix) && !self.taken.contains(*k))
+            .filter(|k| !expected.contains(k.as_str()))
+            .filter(|k| !IGNORED_SUFFIXES.iter().any(|(s, _)| k.ends_with(s)))
+            .cloned()
+            .collect()
     }
 
     /// A tensor as stored (dtype, shape, little-endian bytes), without conversion: for tools that
@@ -302,8 +321,9 @@ impl Checkpoint {
         self.entries.get(key).map(|e| self.files[e.file].as_path())
     }
 
-    /// Checks that every key is present; reports all missing ones at once.
-    pub fn require<S: AsRef<str>>(&self, keys: &[S]) -> Result<()> {
+    /// Checks that every key is present; reports all missing ones at once, with the keys under
+    /// `scope` (the part's prefix) that none of `keys` explains.
+    pub fn require<S: AsRef<str>>(&self, keys: &[S], scope: &str) -> Result<()> {
         let missing: Vec<String> = keys
             .iter()
             .map(|k| k.as_ref())
@@ -316,7 +336,7 @@ impl Checkpoint {
             Err(Error::Keys {
                 dir: self.dir.clone(),
                 missing,
-                unused: vec![],
+                unused: self.untaken_under(scope, keys),
             })
         }
     }

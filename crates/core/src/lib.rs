@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod checkpoint;
 pub mod error;
+pub mod journal;
 pub mod manifest;
 pub mod precision;
 pub mod record;

@@ -7,7 +7,6 @@
 //! process off an output another one is writing.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +22,15 @@ pub struct Manifest {
     pub command: String,
     /// Input name → value or fingerprint.
     pub inputs: BTreeMap<String, String>,
+}
+
+/// The fingerprint of a file's bytes, or of a model or adapter directory ([`dir_fingerprint`]).
+pub fn path_fingerprint(path: &Path) -> Result<String> {
+    if path.is_file() {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        return Ok(fingerprint([bytes.as_slice()]));
+    }
+    dir_fingerprint(path)
 }
 
 /// What [`Manifest::check`] found.
@@ -65,10 +73,7 @@ impl Manifest {
 
     /// Adds the fingerprint of a model or adapter directory ([`dir_fingerprint`]), or of a file.
     pub fn dir(self, name: &str, path: &Path) -> Result<Self> {
-        if path.is_file() {
-            return self.file(name, path);
-        }
-        let fp = dir_fingerprint(path)?;
+        let fp = path_fingerprint(path)?;
         Ok(self.value(name, fp))
     }
 
@@ -162,10 +167,8 @@ impl Manifest {
 
     /// Writes the manifest (through a temporary file and a rename).
     pub fn write(&self, path: &Path) -> Result<()> {
-        let tmp = PathBuf::from(format!("{}.tmp", path.display()));
         let text = serde_json::to_string_pretty(self).unwrap_or_default();
-        std::fs::write(&tmp, text + "\n").map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        crate::journal::write_atomic(path, (text + "\n").as_bytes())
     }
 }
 
@@ -184,24 +187,32 @@ impl OutLock {
         } else {
             PathBuf::from(format!("{}.lock", output.display()))
         };
-        for _ in 0..2 {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    writeln!(f, "{}", std::process::id()).map_err(|e| Error::io(&path, e))?;
-                    return Ok(Self { path });
+        // The claim appears whole: the pid is written to a file of this process's own, which is
+        // then hard-linked to the lock name (the link fails if the lock exists), so another
+        // process never sees a lock without its owner.
+        let mine = PathBuf::from(format!("{}.{}", path.display(), std::process::id()));
+        std::fs::write(&mine, format!("{}\n", std::process::id()))
+            .map_err(|e| Error::io(&mine, e))?;
+        let result = Self::claim(output, &path, &mine);
+        let _ = std::fs::remove_file(&mine);
+        result
+    }
+
+    fn claim(output: &Path, path: &Path, mine: &Path) -> Result<Self> {
+        for _ in 0..3 {
+            match std::fs::hard_link(mine, path) {
+                Ok(()) => {
+                    return Ok(Self {
+                        path: path.to_path_buf(),
+                    })
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let owner = std::fs::read_to_string(&path).unwrap_or_default();
+                    let owner = std::fs::read_to_string(path).unwrap_or_default();
                     let pid: Option<u32> = owner.trim().parse().ok();
-                    let alive = pid.is_some_and(|p| {
+                    let alive = |p: u32| {
                         p != std::process::id() && Path::new(&format!("/proc/{p}")).exists()
-                    });
-                    // Written but not yet filled in by a starting process: treat as held.
-                    if alive || (pid.is_none() && !owner.is_empty()) {
+                    };
+                    if pid.map_or(!owner.is_empty(), alive) {
                         return Err(Error::Stale {
                             path: output.to_path_buf(),
                             message: format!(
@@ -212,10 +223,18 @@ impl OutLock {
                             ),
                         });
                     }
-                    // A stale lock (its process is gone): take it over.
-                    let _ = std::fs::remove_file(&path);
+                    // A stale lock (its process is gone): moved aside (one taker wins the rename),
+                    // and put back if it turns out to be a live claim made in between.
+                    let aside = PathBuf::from(format!("{}.stale", mine.display()));
+                    if std::fs::rename(path, &aside).is_ok() {
+                        let moved = std::fs::read_to_string(&aside).unwrap_or_default();
+                        if moved != owner {
+                            let _ = std::fs::hard_link(&aside, path);
+                        }
+                        let _ = std::fs::remove_file(&aside);
+                    }
                 }
-                Err(e) => return Err(Error::io(&path, e)),
+                Err(e) => return Err(Error::io(path, e)),
             }
         }
         Err(Error::Stale {

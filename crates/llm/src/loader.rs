@@ -32,7 +32,7 @@ pub fn take_llm<B: Backend>(
     device: &B::Device,
 ) -> Result<LlamaForCausalLM<B>> {
     let expected = expected_keys(config, model_prefix, lm_head_key);
-    ckpt.require(&expected)?;
+    ckpt.require(&expected, model_prefix)?;
     if config.tie_word_embeddings {
         ckpt.ignore(
             lm_head_key,

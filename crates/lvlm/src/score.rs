@@ -31,6 +31,12 @@ pub struct PairScore {
     pub rejected_tokens: usize,
 }
 
+impl mmedpo_core::journal::Entry for PairScore {
+    fn record_id(&self) -> Option<RecordId> {
+        Some(self.id.clone())
+    }
+}
+
 /// A pair ready to run: both sequences and both image files.
 #[derive(Debug, Clone)]
 pub struct PreparedPair {
@@ -243,6 +249,9 @@ pub struct ScoreMeta {
     /// Compute dtype of the model (`f32`, `bf16`); files from before it was recorded are f32.
     #[serde(default = "f32_name")]
     pub dtype: String,
+    /// `dir_fingerprint` of a tokenizer given apart from the model (`--tokenizer`).
+    #[serde(default)]
+    pub tokenizer_fingerprint: Option<String>,
 }
 
 fn f32_name() -> String {
@@ -268,6 +277,7 @@ impl ScoreMeta {
             template: template.to_string(),
             adapter_fingerprint: None,
             dtype: f32_name(),
+            tokenizer_fingerprint: None,
         })
     }
 
@@ -302,6 +312,11 @@ impl ScoreMeta {
             show(&other.adapter_fingerprint),
         );
         cmp("dtype", self.dtype.clone(), other.dtype.clone());
+        cmp(
+            "tokenizer",
+            show(&self.tokenizer_fingerprint),
+            show(&other.tokenizer_fingerprint),
+        );
         out
     }
 

@@ -1,6 +1,6 @@
 //! Helpers the subcommands share: finding the tokenizer, checking it against the model.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use mmedpo_llm::Tokenizer;
@@ -51,4 +51,9 @@ pub fn load_llava_checked<B: burn::tensor::backend::Backend>(
     let llava = mmedpo_lvlm::load_llava_as::<B>(model, vision_tower, device, dtype)?;
     check_vocab(tokenizer, llava.config.text.vocab_size, model)?;
     Ok(llava)
+}
+
+/// `OUT.suffix`: a file kept beside an output file.
+pub fn side(out: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}.{suffix}", out.display()))
 }

@@ -8,23 +8,23 @@
 //! its transcript in `OUT.transcripts.jsonl`); a restart skips curated items and retries failed
 //! ones; the output file is written at the end in input order.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use mmedpo_core::record::{fingerprint_u64, read_items};
+use mmedpo_core::journal::{write_atomic, Journal};
+use mmedpo_core::record::{fingerprint_u64, read_items, RecordId};
 use mmedpo_curation::{judge, to_record, CandidateSampler, Item, JudgePrompts, Verdict};
 use mmedpo_llm::{GenerationConfig, Sampling, Template, Tokenizer};
 use mmedpo_lvlm::generate::generate_answers;
 use mmedpo_lvlm::LlavaForConditionalGeneration;
 use mmedpo_vision::AspectRatio;
 
+use crate::common::side;
 use crate::common::{load_llava_checked, load_tokenizer};
-use crate::journal::{agent_input, append, by_id, complete_lines, side};
-use crate::relevance::{parse_agent, LocalArgs};
+use crate::relevance::{agent_input, parse_agent, LocalArgs};
 use crate::{with_backend, DeviceKind, Dtype};
 
 /// Arguments of `mmedpo curate-text`.
@@ -249,26 +249,27 @@ fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<()> {
         args.overwrite,
         &[&progress_path, &transcript_path],
     )?;
-    let done = by_id(&progress_path)?;
-    complete_lines(&transcript_path)?;
-    let (mut progress, mut transcripts) = (append(&progress_path)?, append(&transcript_path)?);
-    tracing::info!(items = items.len(), already = done.len(), n = args.n, judge = %judge_agent.name(), "curating text pairs");
+    let mut progress = Journal::<serde_json::Value>::open(&progress_path)?;
+    let mut transcripts = Journal::<serde_json::Value>::open(&transcript_path)?;
+    tracing::info!(items = items.len(), already = progress.len(), n = args.n, judge = %judge_agent.name(), "curating text pairs");
     let bar = ProgressBar::new(items.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} items {per_sec} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    bar.set_position(done.len() as u64);
+    bar.set_position(progress.len() as u64);
     let mut failed = Vec::new();
     // Items go in chunks: the target model samples each chunk's answers (one item per batch of
     // `n` rows), then the judge sees the chunk's items concurrently, so a judge server is kept busy
     // while the next chunk's answers are sampled on the next iteration.
-    let todo: Vec<&Item> = items
+    let todo: Vec<(&RecordId, &Item)> = records
         .iter()
-        .filter(|it| !done.contains_key(&it.id))
+        .zip(&items)
+        .filter(|(r, _)| !progress.contains(&r.id))
+        .map(|(r, it)| (&r.id, it))
         .collect();
     for chunk in todo.chunks(args.concurrency.max(1)) {
-        let owned: Vec<Item> = chunk.iter().map(|&it| it.clone()).collect();
+        let owned: Vec<Item> = chunk.iter().map(|&(_, it)| it.clone()).collect();
         let candidates = sampler
             .sample(&owned, args.n, args.seed)
             .map_err(|e| anyhow::anyhow!("sampling answers: {e}"))?;
@@ -287,23 +288,18 @@ fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<()> {
                 .collect()
         });
         // Transcript first: an item counts as curated only once its transcript is saved.
-        for ((item, cands), outcome) in owned.iter().zip(&candidates).zip(&outcomes) {
-            let transcript =
-                serde_json::json!({"id": item.id, "candidates": cands, "outcome": outcome});
-            writeln!(transcripts, "{transcript}")
-                .and_then(|_| transcripts.flush())
-                .with_context(|| format!("appending to {}", transcript_path.display()))?;
+        for (((id, item), cands), outcome) in chunk.iter().zip(&candidates).zip(&outcomes) {
+            transcripts
+                .append(serde_json::json!({"id": id, "candidates": cands, "outcome": outcome}))?;
             match &outcome.verdict {
                 Some(v) => {
                     let kind = match v {
                         Verdict::Picked { .. } => "picked",
                         Verdict::Written { .. } => "written",
                     };
-                    let line =
-                        serde_json::json!({"id": item.id, "rejected": v.text(), "source": kind});
-                    writeln!(progress, "{line}")
-                        .and_then(|_| progress.flush())
-                        .with_context(|| format!("appending to {}", progress_path.display()))?;
+                    progress.append(
+                        serde_json::json!({"id": id, "rejected": v.text(), "source": kind}),
+                    )?;
                 }
                 None => failed.push(item.id.clone()),
             }
@@ -312,18 +308,17 @@ fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<()> {
     }
     bar.finish_and_clear();
 
-    let done = by_id(&progress_path)?;
     let (mut out, mut picked) = (Vec::new(), 0usize);
-    for (r, it) in records.iter().zip(&items) {
-        if let Some(v) = done.get(&it.id) {
+    for r in &records {
+        if let Some(v) = progress.get(&r.id) {
             out.push(to_record(r, v["rejected"].as_str().unwrap_or_default()));
             picked += usize::from(v["source"] == "picked");
         }
     }
-    let tmp = side(&args.out, "tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&out)? + "\n")
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    write_atomic(
+        &args.out,
+        (serde_json::to_string_pretty(&out)? + "\n").as_bytes(),
+    )?;
     note!(
         "{} text pairs in {}: {picked} picked from the model's answers, {} written by the judge; \
          {} item(s) without a usable verdict{}",

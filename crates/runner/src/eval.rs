@@ -1,14 +1,15 @@
 //! `mmedpo eval` (generate answers, score them as the paper does), `mmedpo eval --compare` and
 //! `mmedpo metrics` (score predictions made elsewhere).
 
-use std::collections::{HashMap, HashSet};
-use std::io::Write;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use mmedpo_core::journal::{write_atomic, Entry, Journal};
+use mmedpo_core::record::RecordId;
 use mmedpo_eval::normalize::normalize_word;
 use mmedpo_eval::report_scores;
 use mmedpo_eval::vqa::{closed_hit, open_recall};
@@ -51,6 +52,12 @@ pub struct Prediction {
     /// `CLOSED` or `OPEN` (VQA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer_type: Option<String>,
+}
+
+impl Entry for Prediction {
+    fn record_id(&self) -> Option<RecordId> {
+        RecordId::from_json(&self.id)
+    }
 }
 
 /// The longest prediction or reference `score` takes for reports: a report of the test sets has a
@@ -309,6 +316,9 @@ fn read_items(path: &Path, task: Task) -> Result<Vec<Item>> {
             });
         }
         let mut problems: Vec<String> = vec![];
+        if RecordId::from_json(&id).is_none() {
+            problems.push(format!("id {id} is not an integer or a string"));
+        }
         if let Some(p) = image
             .as_deref()
             .filter(|p| mmedpo_core::record::climbs_out(p))
@@ -428,26 +438,11 @@ fn run_on<B: Backend>(args: &EvalArgs, device: &B::Device) -> Result<()> {
         args.overwrite,
         &[&pred_path, &metrics_path, &table_path],
     )?;
-    let mut done: HashSet<String> = HashSet::new();
-    if let Ok(text) = std::fs::read_to_string(&pred_path) {
-        let keep: Vec<&str> = text
-            .lines()
-            .filter(|l| serde_json::from_str::<Prediction>(l).is_ok())
-            .collect();
-        for l in &keep {
-            if let Ok(p) = serde_json::from_str::<Prediction>(l) {
-                done.insert(p.id.to_string());
-            }
-        }
-        std::fs::write(
-            &pred_path,
-            keep.iter().map(|l| format!("{l}\n")).collect::<String>(),
-        )?;
-    }
+    let mut journal = Journal::<Prediction>::open(&pred_path)?;
     let todo: Vec<(usize, &Item)> = items
         .iter()
         .enumerate()
-        .filter(|(_, it)| !done.contains(&it.id.to_string()))
+        .filter(|(_, it)| !RecordId::from_json(&it.id).is_some_and(|id| journal.contains(&id)))
         .collect();
     let tokenizer = load_tokenizer(model_dir, args.tokenizer.as_deref())?;
     let mut llava = load_llava_checked::<B>(
@@ -461,11 +456,6 @@ fn run_on<B: Backend>(args: &EvalArgs, device: &B::Device) -> Result<()> {
         llava.model.load_adapter(a, device)?;
     }
     let size = llava.config.vision.as_ref().map_or(336, |v| v.image_size) as u32;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&pred_path)
-        .with_context(|| format!("opening {}", pred_path.display()))?;
     let bar = ProgressBar::new(items.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} answers {per_sec} eta {eta}")
@@ -533,19 +523,19 @@ fn run_on<B: Backend>(args: &EvalArgs, device: &B::Device) -> Result<()> {
                 reference: it.reference.clone(),
                 answer_type: it.answer_type.clone(),
             };
-            writeln!(file, "{}", serde_json::to_string(&p)?)
-                .with_context(|| format!("appending to {}", pred_path.display()))?;
+            journal.append(p)?;
         }
-        file.flush()
-            .with_context(|| format!("appending to {}", pred_path.display()))?;
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
     let preds = read_predictions(&pred_path)?;
     let metrics = score(task, &preds, args.wordnet.as_deref())?;
-    std::fs::write(&metrics_path, serde_json::to_string_pretty(&metrics)?)?;
+    write_atomic(
+        &metrics_path,
+        serde_json::to_string_pretty(&metrics)?.as_bytes(),
+    )?;
     let md = table(task, &metrics);
-    std::fs::write(&table_path, &md)?;
+    write_atomic(&table_path, md.as_bytes())?;
     say!("{md}");
     note!(
         "predictions: {}\nmetrics:     {}",

@@ -25,7 +25,6 @@ mod common;
 mod curate;
 mod eval;
 mod generate;
-mod journal;
 mod merge;
 mod plot;
 mod pyrandom;
@@ -158,7 +157,8 @@ fn main() -> std::process::ExitCode {
             // them: it is capped at warn whatever RUST_LOG says.
             ["ureq", "ureq_proto", "rustls"].into_iter().fold(
                 tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "info".into()),
+                    // burn-collective prints its whole config at info when a device registers.
+                    .unwrap_or_else(|_| "info,burn_collective=warn".into()),
                 |filter, target| match format!("{target}=warn").parse() {
                     Ok(directive) => filter.add_directive(directive),
                     Err(_) => filter,

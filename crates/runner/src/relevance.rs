@@ -4,11 +4,10 @@
 //! server is kept busy. Progress is an append-only JSONL keyed by item id (`OUT.progress.jsonl`),
 //! transcripts another (`OUT.transcripts.jsonl`): killed and restarted, nothing done is redone or
 //! lost, and the output file (written at the end, in input order) is the same as an uninterrupted
-//! run's. Pairs for which no agent gave a score keep their old `weighted_score` and are listed.
+//! run's. Pairs for which no agent gave a score lose their `weighted_score`, are listed, and are
+//! tried again by the next run; a run in which every pair failed exits non-zero.
 
-use std::collections::HashMap;
-use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -21,7 +20,11 @@ use mmedpo_scorer::local::{LocalAgent, LocalSettings};
 use mmedpo_scorer::prompts::Prompts;
 use mmedpo_scorer::{Agent, Protocol, ScoreRequest};
 
-use crate::journal::{agent_input, append, by_id, complete_lines, side};
+use mmedpo_core::journal::{write_atomic, Journal};
+use mmedpo_core::manifest::Manifest;
+use mmedpo_core::record::RecordId;
+
+use crate::common::side;
 use crate::{with_backend, DeviceKind};
 
 /// Arguments of `mmedpo score-relevance`.
@@ -201,7 +204,7 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
         side(&args.out, "transcripts.jsonl"),
     );
     // Scores are resumed by id: only from a run with the same data, agents and prompts.
-    let mut manifest = mmedpo_core::manifest::Manifest::new("score-relevance")
+    let mut manifest = Manifest::new("score-relevance")
         .file("data", &args.data)?
         .value(
             "prompts",
@@ -222,22 +225,20 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
         &[&progress_path, &transcript_path],
     )?;
     // A pair is done once it has a score; a failed one (no agent gave a score) is tried again.
-    let done: HashMap<String, serde_json::Value> = by_id(&progress_path)?
-        .into_iter()
-        .filter(|(_, v)| v["score"].is_number())
-        .collect();
-    complete_lines(&transcript_path)?;
+    let progress = Journal::<serde_json::Value>::open(&progress_path)?;
+    let transcripts = Journal::<serde_json::Value>::open(&transcript_path)?;
+    let scored = |id: &RecordId, j: &Journal| j.get(id).is_some_and(|v| v["score"].is_number());
     let todo: Vec<&PreferenceRecord> = records
         .iter()
-        .filter(|r| !done.contains_key(&r.id.to_string()))
+        .filter(|r| !scored(&r.id, &progress))
         .collect();
     tracing::info!(
         pairs = records.len(),
-        already = done.len(),
+        already = records.len() - todo.len(),
         agents = agents.len(),
         "scoring clinical relevance"
     );
-    let files = Mutex::new((append(&progress_path)?, append(&transcript_path)?));
+    let files = Mutex::new((progress, transcripts));
     let queue = Mutex::new(todo.iter());
     let bar = ProgressBar::new(records.len() as u64);
     bar.set_style(
@@ -258,13 +259,9 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
                 let transcript = serde_json::json!({"id": r.id, "outcome": out});
                 let mut f = files.lock().unwrap_or_else(|p| p.into_inner());
                 // Transcript first: a pair counts as done only once its transcript is saved.
-                let res = writeln!(f.1, "{transcript}").and_then(|_| f.1.flush()).and_then(|_| writeln!(f.0, "{line}")).and_then(|_| f.0.flush());
+                let res = f.1.append(transcript).and_then(|_| f.0.append(line));
                 if let Err(e) = res {
-                    *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(anyhow::Error::from(e).context(format!(
-                        "appending to {} and {}",
-                        transcript_path.display(),
-                        progress_path.display()
-                    )));
+                    *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.into());
                     break;
                 }
                 bar.inc(1);
@@ -276,11 +273,12 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
     if let Some(e) = error.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
-    let scores = by_id(&progress_path)?;
+    let (scores, _) = files.into_inner().unwrap_or_else(|p| p.into_inner());
     let mut out = records.clone();
     let (mut failed, mut consensus, mut hist) = (vec![], 0usize, [0usize; 11]);
     for r in &mut out {
-        let v = &scores[&r.id.to_string()];
+        let none = serde_json::Value::Null;
+        let v = scores.get(&r.id).unwrap_or(&none);
         match v["score"].as_f64() {
             Some(x) => {
                 r.weighted_score = Some(x);
@@ -292,13 +290,15 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
                 r.weighted_score = None;
                 failed.push((
                     r.id.to_string(),
-                    v["error"].as_str().unwrap_or("").to_string(),
+                    v["error"].as_str().unwrap_or("not scored").to_string(),
                 ));
             }
         }
     }
-    std::fs::write(&args.out, serde_json::to_string_pretty(&out)?)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    write_atomic(
+        &args.out,
+        (serde_json::to_string_pretty(&out)? + "\n").as_bytes(),
+    )?;
     note!(
         "{} pairs: {} scored ({} by consensus), {} without any score",
         out.len(),
@@ -350,4 +350,19 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Adds an agent to a manifest: an API agent's model name, a `local=DIR` agent's weights.
+pub fn agent_input(m: Manifest, name: &str, spec: &str) -> Result<Manifest> {
+    // An API agent is its model name (the server may move: a restarted one on another port serves
+    // the same model); a local one is its directory's weights.
+    Ok(match spec.strip_prefix("local=") {
+        Some(dir) => m
+            .value(name, spec)
+            .dir(&format!("{name}.model"), Path::new(dir))?,
+        None => match spec.rsplit_once('@') {
+            Some((_, model)) => m.value(name, format!("openai model {model}")),
+            None => m.value(name, spec),
+        },
+    })
 }

@@ -3,18 +3,17 @@
 //! `FILE.jsonl.meta.json` records fingerprints of the model and the data so a stale cache is refused.
 //! Resumable: lines already in `--out` are kept and their ids skipped.
 
-use std::collections::HashSet;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use mmedpo_core::journal::{write_atomic, Journal};
 use mmedpo_core::record::{read_records_lenient, PreferenceRecord};
 use mmedpo_llm::Template;
 use mmedpo_lvlm::load_llava_as;
-use mmedpo_lvlm::score::{prepare_pair, score_pairs, PairSettings, ScoreMeta};
+use mmedpo_lvlm::score::{prepare_pair, score_pairs, PairScore, PairSettings, ScoreMeta};
 
 use crate::common::load_tokenizer;
 use crate::{with_backend, DeviceKind, Dtype};
@@ -79,9 +78,13 @@ fn run_on<B: Backend>(args: &ScoreArgs, device: &B::Device) -> Result<()> {
         .map(mmedpo_core::checkpoint::dir_fingerprint)
         .transpose()?;
     meta.dtype = args.dtype.name().into();
+    meta.tokenizer_fingerprint = args
+        .tokenizer
+        .as_deref()
+        .map(mmedpo_core::manifest::path_fingerprint)
+        .transpose()?;
     let meta_path = ScoreMeta::path(&args.out);
     let _lock = mmedpo_core::manifest::OutLock::acquire(&args.out)?;
-    let mut done: HashSet<String> = HashSet::new();
     if args.out.is_file() {
         let old: ScoreMeta =
             serde_json::from_str(&std::fs::read_to_string(&meta_path).with_context(|| {
@@ -100,22 +103,11 @@ fn run_on<B: Backend>(args: &ScoreArgs, device: &B::Device) -> Result<()> {
                 changed.join(", ")
             );
         }
-        for (n, line) in std::fs::read_to_string(&args.out)?.lines().enumerate() {
-            match serde_json::from_str::<serde_json::Value>(line) {
-                Ok(v) => {
-                    done.insert(v["id"].to_string());
-                }
-                // A line cut by a kill: dropped and redone.
-                Err(_) => tracing::warn!(
-                    "{}:{}: incomplete line dropped, its pair is scored again",
-                    args.out.display(),
-                    n + 1
-                ),
-            }
-        }
-        rewrite_complete_lines(&args.out)?;
     }
-    std::fs::write(&meta_path, serde_json::to_string_pretty(&meta)?)?;
+    write_atomic(&meta_path, serde_json::to_string_pretty(&meta)?.as_bytes())?;
+    // The output is the journal: one line per scored pair (a line cut by a kill is redone).
+    let mut out = Journal::<PairScore>::open(&args.out)?;
+    let already = out.len();
 
     let mut records: Vec<PreferenceRecord> = Vec::new();
     let mut rejects: Vec<serde_json::Value> = Vec::new();
@@ -136,10 +128,7 @@ fn run_on<B: Backend>(args: &ScoreArgs, device: &B::Device) -> Result<()> {
         );
         records.extend(good);
     }
-    let todo: Vec<&PreferenceRecord> = records
-        .iter()
-        .filter(|r| !done.contains(&serde_json::to_string(&r.id).unwrap_or_default()))
-        .collect();
+    let todo: Vec<&PreferenceRecord> = records.iter().filter(|r| !out.contains(&r.id)).collect();
     tracing::info!(
         total = records.len(),
         already_scored = records.len() - todo.len(),
@@ -165,11 +154,6 @@ fn run_on<B: Backend>(args: &ScoreArgs, device: &B::Device) -> Result<()> {
         image_size,
     };
 
-    let mut out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&args.out)
-        .with_context(|| format!("opening {}", args.out.display()))?;
     let bar = ProgressBar::new(todo.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} pairs {per_sec} eta {eta} {msg}")
@@ -188,11 +172,8 @@ fn run_on<B: Backend>(args: &ScoreArgs, device: &B::Device) -> Result<()> {
         }
         if !prepared.is_empty() {
             for s in score_pairs(&llava.model, &prepared, image_size as usize, device)? {
-                writeln!(out, "{}", serde_json::to_string(&s)?)
-                    .with_context(|| format!("appending to {}", args.out.display()))?;
+                out.append(s)?;
             }
-            out.flush()
-                .with_context(|| format!("appending to {}", args.out.display()))?;
         }
         bar.inc(chunk.len() as u64);
     }
@@ -200,23 +181,17 @@ fn run_on<B: Backend>(args: &ScoreArgs, device: &B::Device) -> Result<()> {
     if !rejects.is_empty() {
         let path = PathBuf::from(format!("{}.rejects.jsonl", args.out.display()));
         let text: String = rejects.iter().map(|r| format!("{r}\n")).collect();
-        std::fs::write(&path, text)?;
+        write_atomic(&path, text.as_bytes())?;
         note!("{} item(s) skipped; see {}", rejects.len(), path.display());
     }
-    note!("scored {} pair(s) into {}", todo.len(), args.out.display());
-    Ok(())
-}
-
-/// Drops a trailing partial line (a run killed mid-write), so appends stay well-formed.
-fn rewrite_complete_lines(path: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(path)?;
-    let keep: String = text
-        .lines()
-        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
-        .map(|l| format!("{l}\n"))
-        .collect();
-    if keep != text {
-        std::fs::write(path, keep)?;
+    note!(
+        "scored {} pair(s) into {} ({} in all)",
+        out.len() - already,
+        args.out.display(),
+        out.len()
+    );
+    if out.is_empty() && !rejects.is_empty() {
+        bail!("no pair could be scored: every item was skipped (see the rejects file)");
     }
     Ok(())
 }

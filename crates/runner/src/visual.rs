@@ -13,7 +13,6 @@
 //! uninterrupted run. Unreadable images are reported by item id and path; the run goes on.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -27,8 +26,8 @@ use mmedpo_medklip::noise::{to_noise_input, DEFAULT_STEP};
 use mmedpo_medklip::overlay::overlay;
 use mmedpo_medklip::{add_noise, lesion_map, observation_index, Medklip, NoiseMode};
 
-use crate::journal::{append, by_id};
 use crate::{with_backend, DeviceKind};
+use mmedpo_core::journal::{write_atomic, write_atomic_with, Journal};
 
 /// Arguments of `mmedpo visual-pairs`.
 #[derive(Args, Debug)]
@@ -100,14 +99,6 @@ fn item_seed(seed: u64, id: &str) -> u64 {
     fingerprint_u64([format!("{seed}\u{0}{id}").as_bytes()])
 }
 
-/// Writes `bytes` to `path` whole: a temp file in the same folder, then a rename.
-fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = path.with_extension("tmp.png");
-    write(&tmp)?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-}
-
 /// How `rejected_image` is written: relative to the image root when the output is inside it,
 /// else absolute.
 fn rejected_path(root: &Path, png: &Path) -> String {
@@ -152,7 +143,7 @@ fn run_on<B: Backend>(args: &VisualArgs, device: &B::Device) -> Result<()> {
     // A kill can leave a half-written temp file; it is redone from scratch.
     for dir in [&images_dir, &overlays_dir] {
         for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if e.file_name().to_string_lossy().ends_with(".tmp.png") {
+            if mmedpo_core::journal::is_partial(&e.file_name().to_string_lossy()) {
                 std::fs::remove_file(e.path())
                     .with_context(|| format!("removing {}", e.path().display()))?;
             }
@@ -178,24 +169,23 @@ fn run_on<B: Backend>(args: &VisualArgs, device: &B::Device) -> Result<()> {
         args.overwrite,
         &[&progress_path],
     )?;
-    let done = by_id(&progress_path)?;
+    let mut log = Journal::<serde_json::Value>::open(&progress_path)?;
 
     let model = Medklip::<B>::load(args.medklip_weights.as_deref(), device)?;
     tracing::info!(
         items = records.len(),
-        already = done.len(),
+        already = log.len(),
         noise = mode.name(),
         medklip = mmedpo_medklip::model::SOURCE,
         weights = %model.weights().display(),
         "making visual pairs"
     );
-    // Distinct images in order of first use, with the items still to do.
+    // Distinct images in order of first use, with their items. Batches are cut from all of them,
+    // done or not, and a batch with any item left runs whole: MedKLIP then sees the same batches
+    // as in an uninterrupted run, so a resumed run's numbers are the same to the last digit.
     let mut groups: Vec<(String, Vec<&PreferenceRecord>)> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
-    for r in records
-        .iter()
-        .filter(|r| !done.contains_key(&r.id.to_string()))
-    {
+    for r in &records {
         let i = *index.entry(r.image.as_str()).or_insert_with(|| {
             groups.push((r.image.clone(), Vec::new()));
             groups.len() - 1
@@ -207,12 +197,17 @@ fn run_on<B: Backend>(args: &VisualArgs, device: &B::Device) -> Result<()> {
         ProgressStyle::with_template("{bar:40} {pos}/{len} items {per_sec} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    bar.set_position(done.len() as u64);
-    let mut log = append(&progress_path)?;
+    bar.set_position(log.len() as u64);
     let started = Instant::now();
     let (mut unreadable, mut images_done, mut items_done) =
         (Vec::<(String, PathBuf, String)>::new(), 0usize, 0usize);
     for batch in groups.chunks(args.batch_size.max(1)) {
+        if batch
+            .iter()
+            .all(|g| g.1.iter().all(|r| log.contains(&r.id)))
+        {
+            continue;
+        }
         let mut loaded: Vec<(&(String, Vec<&PreferenceRecord>), DynamicImage)> = Vec::new();
         for g in batch {
             let path = args.image_root.join(&g.0);
@@ -240,28 +235,30 @@ fn run_on<B: Backend>(args: &VisualArgs, device: &B::Device) -> Result<()> {
                 let stem = Path::new(&g.0).with_extension("");
                 let path = overlays_dir.join(format!("{}.png", file_stem(&stem.to_string_lossy())));
                 let pic = overlay(&original, &lesion);
-                write_atomic(&path, |tmp| {
+                write_atomic_with(&path, |tmp| {
                     pic.save_with_format(tmp, image::ImageFormat::Png)
                         .with_context(|| format!("writing {}", tmp.display()))
                 })?;
             }
-            for r in &g.1 {
+            let todo: Vec<&PreferenceRecord> =
+                g.1.iter()
+                    .copied()
+                    .filter(|r| !log.contains(&r.id))
+                    .collect();
+            for r in todo {
                 let id = r.id.to_string();
                 let seed = item_seed(args.seed, &id);
                 let noised = add_noise(&original, &lesion.mask, mode, seed);
                 let png = images_dir.join(format!("{}.png", file_stem(&id)));
-                write_atomic(&png, |tmp| {
+                write_atomic_with(&png, |tmp| {
                     noised
                         .save_with_format(tmp, image::ImageFormat::Png)
                         .with_context(|| format!("writing {}", tmp.display()))
                 })?;
-                let line = serde_json::json!({
-                    "id": id, "rejected_image": rejected_path(&args.image_root, &png),
+                log.append(serde_json::json!({
+                    "id": r.id, "rejected_image": rejected_path(&args.image_root, &png),
                     "score": a.score, "coverage": lesion.coverage(), "seed": seed,
-                });
-                writeln!(log, "{line}")
-                    .and_then(|_| log.flush())
-                    .with_context(|| format!("appending to {}", progress_path.display()))?;
+                }))?;
                 bar.inc(1);
                 items_done += 1;
             }
@@ -271,11 +268,10 @@ fn run_on<B: Backend>(args: &VisualArgs, device: &B::Device) -> Result<()> {
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
 
-    let done = by_id(&progress_path)?;
     let mut out = Vec::new();
     let (mut scores, mut coverage) = (Vec::new(), Vec::new());
     for r in &records {
-        let Some(p) = done.get(&r.id.to_string()) else {
+        let Some(p) = log.get(&r.id) else {
             continue;
         };
         let score = p["score"]
@@ -293,10 +289,10 @@ fn run_on<B: Backend>(args: &VisualArgs, device: &B::Device) -> Result<()> {
         out.push(pair);
     }
     let out_file = args.out.join(OUTPUT_FILE);
-    let tmp = args.out.join(format!("{OUTPUT_FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_string_pretty(&out)? + "\n")
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &out_file)?;
+    write_atomic(
+        &out_file,
+        (serde_json::to_string_pretty(&out)? + "\n").as_bytes(),
+    )?;
 
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     note!(

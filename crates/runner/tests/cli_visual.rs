@@ -179,7 +179,8 @@ fn a_killed_run_resumes_to_the_same_files() {
             )
             .unwrap();
         }
-        std::fs::write(b.join("images/9.tmp.png"), b"half a png").unwrap();
+        // A kill's temporary (the name `mmedpo_core::journal::write_atomic` gives) is removed.
+        std::fs::write(b.join("images/.9.png.partial"), b"half a png").unwrap();
         let o = run(&data, &b, extra);
         assert!(o.status.success(), "{}", stderr(&o));
         let resumed = files(&b);
@@ -216,4 +217,26 @@ fn a_killed_run_resumes_to_the_same_files() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn an_item_id_ending_in_tmp_keeps_its_image_across_runs() {
+    let dir = tmp("visual-tmp-id");
+    let item = serde_json::json!([{
+        "id": "scan.tmp", "image": "ct-small.png",
+        "conversations": [{"from": "human", "value": "<image>\nQ?"}, {"from": "gpt", "value": "A"}],
+    }]);
+    let data = dir.join("pairs.json");
+    std::fs::write(&data, item.to_string()).unwrap();
+    let out = dir.join("out");
+    for run_no in 0..2 {
+        let o = run(&data, &out, &[]);
+        assert!(o.status.success(), "run {run_no}: {}", stderr(&o));
+        assert!(
+            out.join("images/scan.tmp.png").is_file(),
+            "run {run_no}: the item's image was taken for a stale temporary"
+        );
+    }
+    let pairs = read_records(&out.join("visual_pairs.json")).unwrap();
+    assert!(pairs[0].rejected_image().ends_with("scan.tmp.png"));
 }

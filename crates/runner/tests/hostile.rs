@@ -66,6 +66,29 @@ fn nan_model(dir: &Path) -> PathBuf {
     out
 }
 
+/// The tiny model with one tensor's name damaged (`...up_proj.weight` → `...up_proj.weighx`).
+fn damaged_key_model(dir: &Path) -> PathBuf {
+    use mmedpo_core::checkpoint::{write_safetensors_bytes, Checkpoint, TensorBytes};
+    let model = tiny_llava("hostile-key-src");
+    let out = dir.join("damaged-key-model");
+    std::fs::create_dir_all(&out).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(model.join(f), out.join(f)).unwrap();
+    }
+    let ck = Checkpoint::open(&model).unwrap();
+    let keys: Vec<String> = ck.keys().map(String::from).collect();
+    let tensors: Vec<TensorBytes> = keys
+        .iter()
+        .map(|k| {
+            let raw = ck.raw(k).unwrap();
+            let name = k.replace("layers.0.mlp.up_proj.weight", "layers.0.mlp.up_proj.weighx");
+            (name, raw.dtype, raw.shape.clone(), raw.data.to_vec().into())
+        })
+        .collect();
+    write_safetensors_bytes(&out.join("model.safetensors"), &tensors).unwrap();
+    out
+}
+
 #[test]
 fn every_hostile_input_ends_fast_with_a_named_error_and_no_panic() {
     let dir = tmp("hostile");
@@ -74,6 +97,7 @@ fn every_hostile_input_ends_fast_with_a_named_error_and_no_panic() {
     let images = image_root(&dir);
     let images = images.to_str().unwrap().to_string();
     let nan = nan_model(&dir);
+    let damaged = damaged_key_model(&dir);
     let out = |name: &str| dir.join(name).display().to_string();
     let fifo_pairs = dir.join("pairs-fifo.json");
     let mut items: Vec<serde_json::Value> = serde_json::from_str(
@@ -309,6 +333,15 @@ fn every_hostile_input_ends_fast_with_a_named_error_and_no_panic() {
             .map(String::from)
             .to_vec(),
             vec!["/dev/full", "No space left on device"],
+        ),
+        (
+            "a damaged tensor name",
+            score(&pairs, damaged.to_str().unwrap(), &out("s-damaged.jsonl")),
+            vec![
+                "damaged-key-model",
+                "missing key(s) [language_model.model.layers.0.mlp.up_proj.weight]",
+                "unused key(s) [language_model.model.layers.0.mlp.up_proj.weighx]",
+            ],
         ),
         (
             "agent URL without scheme",

@@ -73,7 +73,7 @@ pub fn take_clip<B: Backend>(
     prefix: &str,
     device: &B::Device,
 ) -> Result<ClipVisionModel<B>> {
-    ckpt.require(&expected_keys(config, prefix))?;
+    ckpt.require(&expected_keys(config, prefix), prefix)?;
     ckpt.ignore(
         &format!("{prefix}embeddings.position_ids"),
         "buffer, recomputed",

@@ -6,7 +6,7 @@
 //!
 //! Read top to bottom: [`data`] (files → validated pairs, weights, seeded order) → [`loss`] (pure
 //! DPO loss) → [`optim`] (AdamW, schedule, clipping as PyTorch/transformers) → [`train`] (the loop,
-//! checkpoints, resume, step logs). Pair batching (`[chosen…; rejected…]` rows, right padding) and
+//! checkpoints, resume, step logs; data-parallel over devices with `parallel`). Pair batching (`[chosen…; rejected…]` rows, right padding) and
 //! the summed response log-probs are `mmedpo_lvlm::score::pair_logps`.
 #![deny(missing_docs)]
 
@@ -14,7 +14,8 @@ pub mod data;
 pub mod error;
 pub mod loss;
 pub mod optim;
+pub mod parallel;
 pub mod train;
 
 pub use error::{Error, Result};
-pub use train::{train, Reference, StepLog, TrainSettings, TrainSummary};
+pub use train::{train, train_on_devices, Reference, StepLog, TrainSettings, TrainSummary};

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use burn::module::{AutodiffModule, Module, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
-use mmedpo_core::record::PreferenceRecord;
+use mmedpo_core::record::{PreferenceRecord, RecordId};
 use mmedpo_lora::LoraConfig;
 use mmedpo_lvlm::score::{
     pair_images, pair_logps_with_features, prepare_pair, stack_pixels, PairScore, PairSettings,
@@ -346,7 +346,7 @@ fn read_reference(
     path: &Path,
     records: &[PreferenceRecord],
     expected: &ScoreMeta,
-) -> Result<HashMap<String, (f64, f64)>> {
+) -> Result<HashMap<RecordId, (f64, f64)>> {
     let meta_path = ScoreMeta::path(path);
     let text =
         std::fs::read_to_string(&meta_path).map_err(|e| mmedpo_core::Error::io(&meta_path, e))?;
@@ -376,11 +376,11 @@ fn read_reference(
                 cause,
             })
             .map_err(|e| Error::Setting(format!("line {}: {e}", n + 1)))?;
-        map.insert(s.id.to_string(), (s.chosen_logp, s.rejected_logp));
+        map.insert(s.id, (s.chosen_logp, s.rejected_logp));
     }
     let missing: Vec<String> = records
         .iter()
-        .filter(|r| !map.contains_key(&r.id.to_string()))
+        .filter(|r| !map.contains_key(&r.id))
         .map(|r| format!("item id {}: not in {}", r.id, path.display()))
         .collect();
     if !missing.is_empty() {
@@ -417,7 +417,42 @@ pub fn train<B: AutodiffBackend>(
     device: &B::Device,
     on_step: &mut dyn FnMut(&StepLog, usize),
 ) -> Result<TrainSummary> {
+    train_on_devices(
+        model,
+        tok,
+        records,
+        reference_meta,
+        settings,
+        out,
+        resume,
+        std::slice::from_ref(device),
+        on_step,
+    )
+}
+
+/// [`train`] data-parallel over `devices`: a replica of the model on each (one thread each), the
+/// same LoRA initialization on all (made once, then copied), each optimizer step's micro-batches
+/// shared out by rank from the one seeded order, one all-reduce of the flattened gradients per
+/// step (burn-collective), the same AdamW step on every replica; logs, plots and checkpoints come
+/// from rank 0. The global batch is `devices × batch_size × grad_accum` pairs: two devices with
+/// `grad_accum` 1 train what one device with `grad_accum` 2 trains, up to float summation order.
+#[allow(clippy::too_many_arguments)]
+pub fn train_on_devices<B: AutodiffBackend>(
+    model: LlavaForConditionalGeneration<B>,
+    tok: &Tokenizer,
+    records: &[PreferenceRecord],
+    reference_meta: Option<&ScoreMeta>,
+    settings: &TrainSettings,
+    out: &Path,
+    resume: bool,
+    devices: &[B::Device],
+    on_step: &mut dyn FnMut(&StepLog, usize),
+) -> Result<TrainSummary> {
     settings.validate()?;
+    let Some(device) = devices.first() else {
+        return Err(Error::Setting("no device to train on".into()));
+    };
+    let world = devices.len();
     let weights = pair_weights(records, settings.weight_mode, settings.weight_stats)?;
     // Validate every pair up front (tokenization, placeholders, image files), listing all problems.
     let problems: Vec<String> = records
@@ -471,7 +506,7 @@ pub fn train<B: AutodiffBackend>(
 
     let n = records.len();
     let micro_per_epoch = n.div_ceil(settings.batch_size);
-    let steps_per_epoch = micro_per_epoch.div_ceil(settings.grad_accum);
+    let steps_per_epoch = micro_per_epoch.div_ceil(settings.grad_accum * world);
     let total = settings
         .max_steps
         .unwrap_or(settings.epochs * steps_per_epoch)
@@ -537,6 +572,7 @@ pub fn train<B: AutodiffBackend>(
         None => {
             B::seed(device, settings.seed);
             let n_layers = model.attach_lora(&settings.lora, settings.layout, device);
+            materialize(&mut model, settings);
             if n_layers == 0 {
                 return Err(Error::Setting(
                     "target_modules matched no LLM projection".into(),
@@ -563,170 +599,97 @@ pub fn train<B: AutodiffBackend>(
         }
     }
     // Rewrite the log with the kept lines (drops steps after the checkpoint of a killed run).
-    let mut log_file =
-        std::fs::File::create(&log_path).map_err(|e| mmedpo_core::Error::io(&log_path, e))?;
-    for l in &logs {
-        writeln!(log_file, "{}", serde_json::to_string(l).unwrap_or_default())
-            .map_err(|e| mmedpo_core::Error::io(&log_path, e))?;
-    }
+    // The kept lines go back as bytes (never re-printed), through a temporary file and a rename.
+    let kept: String = kept_lines.iter().map(|l| format!("{l}\n")).collect();
+    mmedpo_core::journal::write_atomic(&log_path, kept.as_bytes())?;
+    let log_file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| mmedpo_core::Error::io(&log_path, e))?;
 
-    let mut ran = 0;
-    // The micro-batches in order (pairs by index, in the seeded epoch order), tokenized and with
-    // their images decoded on a worker thread while the current step computes (at most two
-    // batches ahead).
-    type Batch = (Vec<usize>, mmedpo_lvlm::Result<Vec<PreparedPair>>);
-    std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(2);
-        let (grad_accum, batch_size) = (settings.grad_accum, settings.batch_size);
-        let pairs_settings = &settings.pairs;
-        scope.spawn(move || {
-            for micro in start * grad_accum..total * grad_accum {
-                let (epoch, pos) = (micro / micro_per_epoch, micro % micro_per_epoch);
-                let order = epoch_order(n, settings.seed, epoch);
-                let idx = order[pos * batch_size..((pos + 1) * batch_size).min(n)].to_vec();
-                let batch = idx
-                    .iter()
-                    .map(|&i| prepare_pair(tok, pairs_settings, &records[i]))
-                    .collect();
-                if tx.send((idx, batch)).is_err() {
-                    return; // the trainer stopped
+    if world > 1 && settings.lora.lora_dropout > 0.0 {
+        tracing::warn!(
+            devices = world,
+            "LoRA dropout draws from Burn's one generator per backend, shared by the device \
+             threads: the masks (and so the run) are not reproducible; set dropout 0 for that"
+        );
+    }
+    tracing::info!(
+        devices = world,
+        global_batch = world * settings.batch_size * settings.grad_accum,
+        "training"
+    );
+    let run = Run {
+        tok,
+        records,
+        weights: &weights,
+        reference: reference.as_ref(),
+        settings,
+        out,
+        n,
+        micro_per_epoch,
+        total,
+        warmup,
+        start,
+        world,
+    };
+    let mut io = Io {
+        log_file,
+        log_path: &log_path,
+        logs: &mut logs,
+        on_step,
+    };
+    let model = if world == 1 {
+        run.rank(0, model, moments, device, Some(&mut io))?
+    } else {
+        crate::parallel::reset::<Inner<B>>();
+        // The replicas start from rank 0's weights (its LoRA initialization or checkpoint).
+        let mut model = model;
+        let replicas: Vec<_> = devices[1..]
+            .iter()
+            .map(|d| {
+                let m = replica(&mut model, settings, d);
+                let mo = crate::parallel::moments_to(&moments, d);
+                (m, mo)
+            })
+            .collect();
+        let moments0 = crate::parallel::moments_to(&moments, device);
+        std::thread::scope(|scope| -> Result<LlavaForConditionalGeneration<B>> {
+            let run = &run;
+            let handles: Vec<_> = replicas
+                .into_iter()
+                .zip(&devices[1..])
+                .enumerate()
+                .map(|(i, ((m, mo), d))| scope.spawn(move || run.rank(i + 1, m, mo, d, None)))
+                .collect();
+            let first = run.rank(0, model, moments0, device, Some(&mut io));
+            let others: Vec<Result<_>> = handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Setting("a device thread panicked".into())))
+                })
+                .collect();
+            // The cause first: a rank that only saw another one stop says so.
+            let mut errors: Vec<Error> = vec![];
+            let first = match first {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    errors.push(e);
+                    None
                 }
-            }
-        });
-        for step in start..total {
-            let step_start = std::time::Instant::now();
-            B::seed(device, settings.seed.wrapping_add(step as u64));
-            let mut acc: BTreeMap<String, Tensor<Inner<B>, 1>> = BTreeMap::new();
-            let (mut loss, mut metrics, mut count) = (0.0, [0.0f64; 6], 0usize);
-            let mut step_ids: Vec<String> = vec![];
-            for _ in 0..settings.grad_accum {
-                let (idx, prepared) = rx
-                    .recv()
-                    .map_err(|_| Error::Setting("the data worker thread stopped".into()))?;
-                let prepared: Vec<PreparedPair> = prepared?;
-                let w: Vec<f64> = idx.iter().map(|&i| weights[i]).collect();
-                let refs = reference.as_ref().map(|m| {
-                    let c: Vec<f64> = idx
-                        .iter()
-                        .map(|&i| m[&records[i].id.to_string()].0)
-                        .collect();
-                    let r: Vec<f64> = idx
-                        .iter()
-                        .map(|&i| m[&records[i].id.to_string()].1)
-                        .collect();
-                    (c, r)
-                });
-                let g = loss_and_grads(
-                    &mut model,
-                    &prepared,
-                    &w,
-                    refs.as_ref().map(|(c, r)| (c.as_slice(), r.as_slice())),
-                    settings,
-                    1.0 / settings.grad_accum as f64,
-                    device,
-                )?;
-                let ids: Vec<String> = idx.iter().map(|&i| records[i].id.to_string()).collect();
-                let non_finite = |what: String| Error::NonFinite {
-                    step: step + 1,
-                    what,
-                    ids: ids.join(", "),
-                };
-                let names = [
-                    "policy chosen",
-                    "policy rejected",
-                    "reference chosen",
-                    "reference rejected",
-                ];
-                for (name, values) in names.iter().zip(&g.logps) {
-                    if let Some(v) = values.iter().find(|v| !v.is_finite()) {
-                        return Err(non_finite(format!("a {name} log-prob ({v})")));
-                    }
-                }
-                if !g.loss.is_finite() {
-                    return Err(non_finite(format!("the loss ({})", g.loss)));
-                }
-                step_ids.extend(ids);
-                for (k, v) in g.grads {
-                    let sum = match acc.remove(&k) {
-                        Some(prev) => prev + v,
-                        None => v,
-                    };
-                    acc.insert(k, sum);
-                }
-                loss += g.loss / settings.grad_accum as f64;
-                let [pc, pr, rc, rr] = &g.logps;
-                for i in 0..pc.len() {
-                    let (cr, rj) = (
-                        settings.beta * (pc[i] - rc[i]),
-                        settings.beta * (pr[i] - rr[i]),
-                    );
-                    metrics[0] += cr;
-                    metrics[1] += rj;
-                    metrics[2] += f64::from(u8::from(cr > rj));
-                    metrics[3] += cr - rj;
-                    metrics[4] += pc[i];
-                    metrics[5] += pr[i];
-                    count += 1;
-                }
-            }
-            let (norm, lr) = optimizer_step(
-                &mut model,
-                &acc,
-                &mut moments,
-                settings,
-                step,
-                total,
-                warmup,
-            )
-            .map_err(|e| match e {
-                Error::NonFinite { step, what, .. } => Error::NonFinite {
-                    step,
-                    what,
-                    ids: step_ids.join(", "),
-                },
-                other => other,
-            })?;
-            let c = count.max(1) as f64;
-            let log = StepLog {
-                step: step + 1,
-                epoch: ((step + 1) * settings.grad_accum) as f64 / micro_per_epoch as f64,
-                loss,
-                rewards_chosen: metrics[0] / c,
-                rewards_rejected: metrics[1] / c,
-                rewards_accuracies: metrics[2] / c,
-                rewards_margins: metrics[3] / c,
-                logps_chosen: metrics[4] / c,
-                logps_rejected: metrics[5] / c,
-                learning_rate: lr,
-                grad_norm: norm,
             };
-            writeln!(
-                log_file,
-                "{}",
-                serde_json::to_string(&log).unwrap_or_default()
-            )
-            .map_err(|e| mmedpo_core::Error::io(&log_path, e))?;
-            log_file
-                .flush()
-                .map_err(|e| mmedpo_core::Error::io(&log_path, e))?;
-            tracing::debug!(
-                step = log.step,
-                seconds = step_start.elapsed().as_secs_f64(),
-                "step"
-            );
-            on_step(&log, total);
-            logs.push(log);
-            ran += 1;
-            let done = step + 1;
-            if (settings.save_steps > 0 && done % settings.save_steps == 0) || done == total {
-                save_checkpoint(&model, &moments, settings, out, done, total, n)?;
+            errors.extend(others.into_iter().filter_map(|o| o.err()));
+            if let Some(i) = errors
+                .iter()
+                .position(|e| !e.to_string().contains(crate::parallel::PEER_STOPPED))
+                .or((!errors.is_empty()).then_some(0))
+            {
+                return Err(errors.swap_remove(i));
             }
-            if settings.stop_after.is_some_and(|s| ran >= s) {
-                break;
-            }
-        }
-        Ok(())
-    })?;
+            first.ok_or_else(|| Error::Setting("rank 0 returned no model".into()))
+        })?
+    };
     let adapter_dir = out.join("adapter");
     if logs.last().is_some_and(|l| l.step == total) {
         let tmp = out.join("adapter.tmp");
@@ -746,6 +709,352 @@ pub fn train<B: AutodiffBackend>(
         total_steps: total,
         resumed_from: start,
     })
+}
+
+/// Draws the trainable parameters now: Burn initializes parameters lazily, on first use, and a
+/// clone of an uninitialized parameter draws its own values; drawn here (from the seed just set,
+/// in parameter order), every replica of a data-parallel run starts from the same ones.
+pub fn materialize<B: AutodiffBackend>(
+    model: &mut LlavaForConditionalGeneration<B>,
+    settings: &TrainSettings,
+) {
+    for (_, _, slot) in trainable(model, settings.layout, settings.projector_lr.is_some()) {
+        match slot {
+            Slot::W2(p) => drop(p.val()),
+            Slot::W1(p) => drop(p.val()),
+        }
+    }
+}
+
+/// The trainable parameters' keys and element counts, in the order every rank sums them.
+pub fn trainable_sizes<B: AutodiffBackend>(
+    model: &mut LlavaForConditionalGeneration<B>,
+    settings: &TrainSettings,
+) -> Vec<(String, usize)> {
+    trainable(model, settings.layout, settings.projector_lr.is_some())
+        .into_iter()
+        .map(|(k, _, slot)| {
+            let numel = match slot {
+                Slot::W2(p) => p.dims().iter().product(),
+                Slot::W1(p) => p.dims()[0],
+            };
+            (k, numel)
+        })
+        .collect()
+}
+
+/// A copy of `model` (its parameters drawn first) on `device`, for another rank: the frozen
+/// weights are shared where the device is the same, and the trainable parameters are new autodiff
+/// leaves (a clone shares its graph nodes, and two threads' backward passes would meet in one graph).
+pub fn replica<B: AutodiffBackend>(
+    model: &mut LlavaForConditionalGeneration<B>,
+    settings: &TrainSettings,
+    device: &B::Device,
+) -> LlavaForConditionalGeneration<B> {
+    materialize(model, settings);
+    let mut m = model.clone().fork(device);
+    fresh_leaves(&mut m, settings);
+    m
+}
+
+fn fresh_leaves<B: AutodiffBackend>(
+    model: &mut LlavaForConditionalGeneration<B>,
+    settings: &TrainSettings,
+) {
+    for (_, _, slot) in trainable(model, settings.layout, settings.projector_lr.is_some()) {
+        match slot {
+            Slot::W2(p) => {
+                *p = Param::initialized(p.id, Tensor::from_inner(p.val().inner()).require_grad())
+            }
+            Slot::W1(p) => {
+                *p = Param::initialized(p.id, Tensor::from_inner(p.val().inner()).require_grad())
+            }
+        }
+    }
+}
+
+/// What every rank of a run shares (read-only).
+struct Run<'a> {
+    tok: &'a Tokenizer,
+    records: &'a [PreferenceRecord],
+    weights: &'a [f64],
+    reference: Option<&'a HashMap<RecordId, (f64, f64)>>,
+    settings: &'a TrainSettings,
+    out: &'a Path,
+    n: usize,
+    micro_per_epoch: usize,
+    total: usize,
+    warmup: usize,
+    start: usize,
+    world: usize,
+}
+
+/// Rank 0's outputs: the step log and the caller's progress callback.
+struct Io<'a, 'b> {
+    log_file: std::fs::File,
+    log_path: &'a Path,
+    logs: &'a mut Vec<StepLog>,
+    on_step: &'b mut dyn FnMut(&StepLog, usize),
+}
+
+/// One step's sums over micro-batches (this rank's, or every rank's once summed).
+pub(crate) struct Local<B: AutodiffBackend> {
+    /// Gradient sums by trainable key.
+    pub acc: BTreeMap<String, Tensor<Inner<B>, 1>>,
+    /// Loss (already scaled to the global batch).
+    pub loss: f64,
+    /// Reward and log-prob sums (chosen, rejected, accuracy, margin, logp chosen, logp rejected).
+    pub metrics: [f64; 6],
+    /// Pairs summed.
+    pub count: usize,
+    /// The pairs' ids.
+    pub ids: Vec<String>,
+}
+
+impl<B: AutodiffBackend> Default for Local<B> {
+    fn default() -> Self {
+        Self {
+            acc: BTreeMap::new(),
+            loss: 0.0,
+            metrics: [0.0; 6],
+            count: 0,
+            ids: vec![],
+        }
+    }
+}
+
+impl Run<'_> {
+    /// The micro-batch indices (into the seeded epoch order's stream) of `rank` at `step`.
+    fn micros(&self, step: usize, rank: usize) -> std::ops::Range<usize> {
+        let ga = self.settings.grad_accum;
+        let first = step * self.world * ga + rank * ga;
+        first..first + ga
+    }
+
+    /// Trains one replica from `start` to the end (or `stop_after`); rank 0 gets `io`.
+    fn rank<B: AutodiffBackend>(
+        &self,
+        rank: usize,
+        mut model: LlavaForConditionalGeneration<B>,
+        mut moments: BTreeMap<String, Moments<Inner<B>>>,
+        device: &B::Device,
+        mut io: Option<&mut Io<'_, '_>>,
+    ) -> Result<LlavaForConditionalGeneration<B>> {
+        let (settings, records, n) = (self.settings, self.records, self.n);
+        let peer = (self.world > 1)
+            .then(|| crate::parallel::Peer::register::<Inner<B>>(rank, self.world, device))
+            .transpose()?;
+        let keys = trainable_sizes(&mut model, settings);
+        let scale = 1.0 / (settings.grad_accum * self.world) as f64;
+        let mut ran = 0;
+        // This rank's micro-batches in order (pairs by index, in the seeded epoch order),
+        // tokenized and with their images decoded on a worker thread while the current step
+        // computes (at most two batches ahead).
+        type Batch = (Vec<usize>, mmedpo_lvlm::Result<Vec<PreparedPair>>);
+        let result = std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(2);
+            let (batch_size, micro_per_epoch) = (settings.batch_size, self.micro_per_epoch);
+            let pairs_settings = &settings.pairs;
+            let (tok, this) = (self.tok, &self);
+            scope.spawn(move || {
+                for step in this.start..this.total {
+                    for micro in this.micros(step, rank) {
+                        let (epoch, pos) = (micro / micro_per_epoch, micro % micro_per_epoch);
+                        let order = epoch_order(n, settings.seed, epoch);
+                        let idx = order[pos * batch_size..((pos + 1) * batch_size).min(n)].to_vec();
+                        let batch = idx
+                            .iter()
+                            .map(|&i| prepare_pair(tok, pairs_settings, &records[i]))
+                            .collect();
+                        if tx.send((idx, batch)).is_err() {
+                            return; // the trainer stopped
+                        }
+                    }
+                }
+            });
+            for step in self.start..self.total {
+                let step_start = std::time::Instant::now();
+                B::seed(device, settings.seed.wrapping_add(step as u64));
+                let local = self.accumulate(&mut model, &rx, step, scale, device);
+                let Local {
+                    acc,
+                    loss,
+                    metrics,
+                    count,
+                    ids: step_ids,
+                } = match &peer {
+                    None => local?,
+                    Some(peer) => peer.sum_step::<B>(local, &keys, step, device)?,
+                };
+                let (norm, lr) = optimizer_step(
+                    &mut model,
+                    &acc,
+                    &mut moments,
+                    settings,
+                    step,
+                    self.total,
+                    self.warmup,
+                )
+                .map_err(|e| match e {
+                    Error::NonFinite { step, what, .. } => Error::NonFinite {
+                        step,
+                        what,
+                        ids: step_ids.join(", "),
+                    },
+                    other => other,
+                })?;
+                ran += 1;
+                let done = step + 1;
+                // Rank 0 writes; every rank then learns whether that worked, so none waits
+                // for a rank that stopped.
+                let written = match io.as_deref_mut() {
+                    None => Ok(()),
+                    Some(io) => {
+                        let c = count.max(1) as f64;
+                        let log = StepLog {
+                            step: done,
+                            epoch: (done * settings.grad_accum * self.world) as f64
+                                / self.micro_per_epoch as f64,
+                            loss,
+                            rewards_chosen: metrics[0] / c,
+                            rewards_rejected: metrics[1] / c,
+                            rewards_accuracies: metrics[2] / c,
+                            rewards_margins: metrics[3] / c,
+                            logps_chosen: metrics[4] / c,
+                            logps_rejected: metrics[5] / c,
+                            learning_rate: lr,
+                            grad_norm: norm,
+                        };
+                        self.write_step(io, log, &model, &moments, done, step_start)
+                    }
+                };
+                if let Some(peer) = &peer {
+                    peer.agree::<Inner<B>>(written.is_ok(), done, device)?;
+                }
+                written?;
+                if settings.stop_after.is_some_and(|s| ran >= s) {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        if let Some(peer) = peer {
+            peer.finish::<Inner<B>>();
+        }
+        result.map(|()| model)
+    }
+
+    /// This rank's micro-batches of one step: gradients summed, metrics summed, non-finite
+    /// values stopped with the step and the pair ids.
+    fn accumulate<B: AutodiffBackend>(
+        &self,
+        model: &mut LlavaForConditionalGeneration<B>,
+        rx: &std::sync::mpsc::Receiver<(Vec<usize>, mmedpo_lvlm::Result<Vec<PreparedPair>>)>,
+        step: usize,
+        scale: f64,
+        device: &B::Device,
+    ) -> Result<Local<B>> {
+        let (settings, records) = (self.settings, self.records);
+        let mut l = Local::<B>::default();
+        for _ in 0..settings.grad_accum {
+            let (idx, prepared) = rx
+                .recv()
+                .map_err(|_| Error::Setting("the data worker thread stopped".into()))?;
+            let prepared: Vec<PreparedPair> = prepared?;
+            let w: Vec<f64> = idx.iter().map(|&i| self.weights[i]).collect();
+            let refs = self.reference.map(|m| {
+                let c: Vec<f64> = idx.iter().map(|&i| m[&records[i].id].0).collect();
+                let r: Vec<f64> = idx.iter().map(|&i| m[&records[i].id].1).collect();
+                (c, r)
+            });
+            let g = loss_and_grads(
+                model,
+                &prepared,
+                &w,
+                refs.as_ref().map(|(c, r)| (c.as_slice(), r.as_slice())),
+                settings,
+                scale,
+                device,
+            )?;
+            let ids: Vec<String> = idx.iter().map(|&i| records[i].id.to_string()).collect();
+            let non_finite = |what: String| Error::NonFinite {
+                step: step + 1,
+                what,
+                ids: ids.join(", "),
+            };
+            let names = [
+                "policy chosen",
+                "policy rejected",
+                "reference chosen",
+                "reference rejected",
+            ];
+            for (name, values) in names.iter().zip(&g.logps) {
+                if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+                    return Err(non_finite(format!("a {name} log-prob ({v})")));
+                }
+            }
+            if !g.loss.is_finite() {
+                return Err(non_finite(format!("the loss ({})", g.loss)));
+            }
+            l.ids.extend(ids);
+            for (k, v) in g.grads {
+                let sum = match l.acc.remove(&k) {
+                    Some(prev) => prev + v,
+                    None => v,
+                };
+                l.acc.insert(k, sum);
+            }
+            l.loss += g.loss * scale;
+            let [pc, pr, rc, rr] = &g.logps;
+            for i in 0..pc.len() {
+                let (cr, rj) = (
+                    settings.beta * (pc[i] - rc[i]),
+                    settings.beta * (pr[i] - rr[i]),
+                );
+                l.metrics[0] += cr;
+                l.metrics[1] += rj;
+                l.metrics[2] += f64::from(u8::from(cr > rj));
+                l.metrics[3] += cr - rj;
+                l.metrics[4] += pc[i];
+                l.metrics[5] += pr[i];
+                l.count += 1;
+            }
+        }
+        Ok(l)
+    }
+
+    /// Rank 0's end of a step: the log line, the callback, a checkpoint when due.
+    fn write_step<B: AutodiffBackend>(
+        &self,
+        io: &mut Io<'_, '_>,
+        log: StepLog,
+        model: &LlavaForConditionalGeneration<B>,
+        moments: &BTreeMap<String, Moments<Inner<B>>>,
+        done: usize,
+        step_start: std::time::Instant,
+    ) -> Result<()> {
+        let settings = self.settings;
+        writeln!(
+            io.log_file,
+            "{}",
+            serde_json::to_string(&log).unwrap_or_default()
+        )
+        .and_then(|_| io.log_file.flush())
+        .map_err(|e| mmedpo_core::Error::io(io.log_path, e))?;
+        tracing::debug!(
+            step = log.step,
+            seconds = step_start.elapsed().as_secs_f64(),
+            "step"
+        );
+        (io.on_step)(&log, self.total);
+        io.logs.push(log);
+        if (settings.save_steps > 0 && done.is_multiple_of(settings.save_steps))
+            || done == self.total
+        {
+            save_checkpoint(model, moments, settings, self.out, done, self.total, self.n)?;
+        }
+        Ok(())
+    }
 }
 
 /// The optimizer step of `train` (and of `mmedpo bench train`): global gradient norm in one

@@ -47,6 +47,10 @@ pub struct BenchTrainArgs {
     /// Recompute memory-bound activations in the backward pass (Burn's BalancedCheckpointing).
     #[arg(long)]
     checkpointing: bool,
+    /// Data-parallel replicas (CUDA GPUs 0..N−1, or N CPU threads), each with `--batch` pairs per
+    /// step, gradients summed by one all-reduce per step as in `mmedpo train --devices`.
+    #[arg(long, default_value_t = 1)]
+    devices: usize,
     /// Also write the figures as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -56,17 +60,29 @@ pub struct BenchTrainArgs {
 pub fn run(args: BenchTrainArgs) -> Result<()> {
     use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
     use burn::backend::Autodiff;
+    if args.devices == 0 {
+        bail!("--devices must be at least 1");
+    }
+    let cpus = vec![Default::default(); args.devices];
+    #[cfg(feature = "cuda")]
+    let gpus: Vec<_> = (0..args.devices)
+        .map(burn::backend::cuda::CudaDevice::new)
+        .collect();
     match (args.device, args.checkpointing) {
-        (DeviceKind::Cpu, false) => bench::<Autodiff<mmedpo_core::backend::Cpu>>(&args, &Default::default()),
-        (DeviceKind::Cpu, true) => bench::<Autodiff<mmedpo_core::backend::Cpu, BalancedCheckpointing>>(&args, &Default::default()),
+        (DeviceKind::Cpu, false) => bench::<Autodiff<mmedpo_core::backend::Cpu>>(&args, &cpus),
+        (DeviceKind::Cpu, true) => bench::<Autodiff<mmedpo_core::backend::Cpu, BalancedCheckpointing>>(&args, &cpus),
         #[cfg(feature = "cuda")]
-        (DeviceKind::Cuda, false) => bench::<Autodiff<mmedpo_core::backend::Gpu>>(&args, &burn::backend::cuda::CudaDevice::new(0)),
+        (DeviceKind::Cuda, false) => bench::<Autodiff<mmedpo_core::backend::Gpu>>(&args, &gpus),
         #[cfg(feature = "cuda")]
-        (DeviceKind::Cuda, true) => bench::<Autodiff<mmedpo_core::backend::Gpu, BalancedCheckpointing>>(&args, &burn::backend::cuda::CudaDevice::new(0)),
+        (DeviceKind::Cuda, true) => bench::<Autodiff<mmedpo_core::backend::Gpu, BalancedCheckpointing>>(&args, &gpus),
         #[cfg(not(feature = "cuda"))]
         (DeviceKind::Cuda, _) => bail!("this mmedpo was built without CUDA; rebuild with `cargo build --release --features cuda`"),
     }
 }
+
+/// What rank 0 does after each bench step: (step, seconds, loss, grad norm, model).
+type OnStep<'a, B> =
+    Box<dyn FnMut(usize, f64, f64, f64, &mmedpo_lvlm::LlavaForConditionalGeneration<B>) + 'a>;
 
 /// Peak resident memory of this process (Linux `VmHWM`), in bytes.
 pub fn peak_rss_bytes() -> Option<u64> {
@@ -160,7 +176,9 @@ fn lora_a_values<B: AutodiffBackend>(
         .collect()
 }
 
-fn bench<B: AutodiffBackend>(args: &BenchTrainArgs, device: &B::Device) -> Result<()> {
+fn bench<B: AutodiffBackend>(args: &BenchTrainArgs, devices: &[B::Device]) -> Result<()> {
+    let device = &devices[0];
+    let world = devices.len();
     if args.steps == 0 || args.batch == 0 {
         bail!("--steps and --batch must be at least 1");
     }
@@ -210,36 +228,75 @@ fn bench<B: AutodiffBackend>(args: &BenchTrainArgs, device: &B::Device) -> Resul
         .into_data();
     let build_s = build.elapsed().as_secs_f64();
     let weights = vec![1.0; pairs.len()];
-    let mut moments = Default::default();
     let total = args.steps + 1;
     let (mut times, mut losses, mut norms) = (vec![], vec![], vec![]);
     let mut a_after_first = vec![];
-    for step in 0..total {
-        let start = Instant::now();
-        let g = loss_and_grads(&mut model, &pairs, &weights, None, &settings, 1.0, device)?;
-        let (norm, _) = optimizer_step(
-            &mut model,
-            &g.grads,
-            &mut moments,
-            &settings,
-            step,
-            total,
-            0,
-        )?;
-        times.push(start.elapsed().as_secs_f64());
-        losses.push(g.loss);
-        norms.push(norm);
-        if step == 0 {
-            a_after_first = lora_a_values(&model);
-        }
-        tracing::info!(
-            step,
-            seconds = times[step],
-            loss = g.loss,
-            norm,
-            "bench step"
-        );
+    // Rank r > 0: a replica on its device running the same steps; every rank sums its gradients
+    // with the others' (one all-reduce per step) before the same AdamW step.
+    type Inner<B> = <B as AutodiffBackend>::InnerBackend;
+    let replicas: Vec<_> = devices[1..]
+        .iter()
+        .map(|d| mmedpo_dpo::train::replica(&mut model, &settings, d))
+        .collect();
+    let keys = mmedpo_dpo::train::trainable_sizes(&mut model, &settings);
+    if world > 1 {
+        mmedpo_dpo::parallel::reset::<Inner<B>>();
     }
+    let scale = 1.0 / world as f64;
+    let rank_steps = |rank: usize,
+                      model: &mut mmedpo_lvlm::LlavaForConditionalGeneration<B>,
+                      device: &B::Device,
+                      mut each: OnStep<'_, B>|
+     -> Result<()> {
+        let peer = (world > 1)
+            .then(|| mmedpo_dpo::parallel::Peer::register::<Inner<B>>(rank, world, device))
+            .transpose()?;
+        let mut moments = Default::default();
+        for step in 0..total {
+            let start = Instant::now();
+            let g = loss_and_grads(model, &pairs, &weights, None, &settings, scale, device)?;
+            let grads = match &peer {
+                Some(p) => p.sum_gradients(&g.grads, &keys, device)?,
+                None => g.grads,
+            };
+            let (norm, _) = optimizer_step(model, &grads, &mut moments, &settings, step, total, 0)?;
+            each(step, start.elapsed().as_secs_f64(), g.loss, norm, model);
+        }
+        if let Some(p) = peer {
+            p.finish::<Inner<B>>();
+        }
+        Ok(())
+    };
+    std::thread::scope(|scope| -> Result<()> {
+        let handles: Vec<_> = replicas
+            .into_iter()
+            .zip(&devices[1..])
+            .enumerate()
+            .map(|(i, (mut m, d))| {
+                let rank_steps = &rank_steps;
+                scope.spawn(move || rank_steps(i + 1, &mut m, d, Box::new(|_, _, _, _, _| {})))
+            })
+            .collect();
+        let first = rank_steps(
+            0,
+            &mut model,
+            device,
+            Box::new(|step, secs, loss, norm, m| {
+                times.push(secs);
+                losses.push(loss);
+                norms.push(norm);
+                if step == 0 {
+                    a_after_first = lora_a_values(m);
+                }
+                tracing::info!(step, seconds = secs, loss, norm, "bench step");
+            }),
+        );
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a device thread panicked"))??;
+        }
+        first
+    })?;
     let a_last = lora_a_values(&model);
     let changed = a_after_first
         .iter()
@@ -250,7 +307,8 @@ fn bench<B: AutodiffBackend>(args: &BenchTrainArgs, device: &B::Device) -> Resul
     let first_s = times[0];
     let mut timed: Vec<f64> = times[1..].to_vec();
     timed.sort_by(f64::total_cmp);
-    let per_pair = |s: f64| s / pairs.len() as f64;
+    // Every rank runs `--batch` pairs per step: the step's pairs are devices × batch.
+    let per_pair = |s: f64| s / (pairs.len() * world) as f64;
     let (median, min) = (per_pair(timed[timed.len() / 2]), per_pair(timed[0]));
     let tokens_per_s = (2 * args.seq_len) as f64 / median;
     let tflops = flops_per_pair(&config, args.seq_len) / median / 1e12;
@@ -260,7 +318,7 @@ fn bench<B: AutodiffBackend>(args: &BenchTrainArgs, device: &B::Device) -> Resul
         "bench": "train", "config": args.config, "device": format!("{:?}", args.device).to_lowercase(),
         "dtype": args.dtype.name(), "seq_len": args.seq_len, "answer_len": args.answer_len,
         "batch": args.batch, "lora_r": args.lora_r, "lora_layers": layers,
-        "checkpointing": args.checkpointing, "steps": args.steps,
+        "checkpointing": args.checkpointing, "steps": args.steps, "devices": world,
         "build_s": build_s, "first_step_s": first_s, "s_per_pair": median, "min_s_per_pair": min,
         "tokens_per_s": tokens_per_s, "tflops": tflops, "peak_bytes": peak,
         "loss": losses.last(), "grad_norm": norms.last(), "finite": finite,
@@ -268,11 +326,12 @@ fn bench<B: AutodiffBackend>(args: &BenchTrainArgs, device: &B::Device) -> Resul
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     });
     say!(
-        "bench train {} ({:?}, {}, T={}, r={}{}): build {build_s:.2} s, first step {first_s:.2} s, \
+        "bench train {} ({:?}{}, {}, T={}, r={}{}): build {build_s:.2} s, first step {first_s:.2} s, \
          {median:.3} s/pair (min {min:.3}), {tokens_per_s:.0} tokens/s, {tflops:.3} TFLOP/s, \
          peak host memory {}, loss {:.5} / grad norm {:.3e} {}, LoRA-A changed at lr 1e-7: {:.2}%",
         args.config.display(),
         args.device,
+        if world > 1 { format!(" × {world}") } else { String::new() },
         args.dtype.name(),
         args.seq_len,
         args.lora_r,

@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mmedpo_dpo::data::{load_records, WeightMode, WeightStats};
 use mmedpo_dpo::loss::LossType;
 use mmedpo_dpo::optim::AdamW;
-use mmedpo_dpo::{train, Reference, TrainSettings};
+use mmedpo_dpo::{train_on_devices, Reference, TrainSettings};
 use mmedpo_llm::Template;
 use mmedpo_lora::config::TargetModules;
 use mmedpo_lora::LoraConfig;
@@ -110,6 +110,10 @@ pub struct TrainConfig {
     pub template: String,
     /// cpu | cuda.
     pub device: String,
+    /// Data-parallel replicas: CUDA GPUs 0..N−1, or N CPU threads (global batch =
+    /// devices × batch_size × grad_accum).
+    #[serde(default = "one")]
+    pub devices: usize,
     /// f32 | bf16.
     pub dtype: String,
     /// LoRA.
@@ -134,6 +138,7 @@ struct RawConfig {
     out: Option<PathBuf>,
     template: Option<String>,
     device: Option<String>,
+    devices: Option<usize>,
     dtype: Option<String>,
     lora: Option<toml::Table>,
     dpo: Option<toml::Table>,
@@ -206,15 +211,23 @@ pub struct TrainArgs {
     /// cpu | cuda.
     #[arg(long, value_enum)]
     device: Option<DeviceKind>,
+    /// Data-parallel replicas: CUDA GPUs 0..N−1 with --device cuda, else N CPU threads.
+    #[arg(long)]
+    devices: Option<usize>,
     /// f32 | bf16.
     #[arg(long, value_enum)]
     dtype: Option<Dtype>,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn defaults() -> toml::Table {
     toml::toml! {
         template = "vicuna_v1"
         device = "cpu"
+        devices = 1
         dtype = "f32"
         [lora]
         r = 128
@@ -408,6 +421,9 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
             toml::Value::String(format!("{v:?}").to_lowercase()),
         );
     }
+    if let Some(v) = args.devices {
+        set(&["devices"], toml::Value::Integer(v as i64));
+    }
     if let Some(v) = args.dtype {
         set(
             &["dtype"],
@@ -552,13 +568,21 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing as Ckpt;
     use burn::backend::Autodiff;
+    if config.devices == 0 {
+        bail!("devices = 0: at least 1");
+    }
+    let cpus = vec![Default::default(); config.devices];
+    #[cfg(feature = "cuda")]
+    let gpus: Vec<_> = (0..config.devices)
+        .map(burn::backend::cuda::CudaDevice::new)
+        .collect();
     match (kind, config.optim.activation_checkpointing) {
-        (DeviceKind::Cpu, false) => run_on::<Autodiff<mmedpo_core::backend::Cpu>>(&config, dtype, args.resume, &Default::default()),
-        (DeviceKind::Cpu, true) => run_on::<Autodiff<mmedpo_core::backend::Cpu, Ckpt>>(&config, dtype, args.resume, &Default::default()),
+        (DeviceKind::Cpu, false) => run_on::<Autodiff<mmedpo_core::backend::Cpu>>(&config, dtype, args.resume, &cpus),
+        (DeviceKind::Cpu, true) => run_on::<Autodiff<mmedpo_core::backend::Cpu, Ckpt>>(&config, dtype, args.resume, &cpus),
         #[cfg(feature = "cuda")]
-        (DeviceKind::Cuda, false) => run_on::<Autodiff<mmedpo_core::backend::Gpu>>(&config, dtype, args.resume, &burn::backend::cuda::CudaDevice::new(0)),
+        (DeviceKind::Cuda, false) => run_on::<Autodiff<mmedpo_core::backend::Gpu>>(&config, dtype, args.resume, &gpus),
         #[cfg(feature = "cuda")]
-        (DeviceKind::Cuda, true) => run_on::<Autodiff<mmedpo_core::backend::Gpu, Ckpt>>(&config, dtype, args.resume, &burn::backend::cuda::CudaDevice::new(0)),
+        (DeviceKind::Cuda, true) => run_on::<Autodiff<mmedpo_core::backend::Gpu, Ckpt>>(&config, dtype, args.resume, &gpus),
         #[cfg(not(feature = "cuda"))]
         (DeviceKind::Cuda, _) => bail!("this mmedpo was built without CUDA; rebuild with `cargo build --release --features cuda`"),
     }
@@ -573,7 +597,8 @@ fn train_manifest(config: &TrainConfig) -> Result<mmedpo_core::manifest::Manifes
         .opt_dir("tokenizer", config.tokenizer.as_deref())?
         .value("image_root", config.image_root.display())
         .value("template", &config.template)
-        .value("dtype", &config.dtype);
+        .value("dtype", &config.dtype)
+        .value("devices", config.devices);
     for (i, d) in config.data.iter().enumerate() {
         m = m.file(&format!("data[{i}]"), d)?;
     }
@@ -645,8 +670,9 @@ fn run_on<B: AutodiffBackend>(
     config: &TrainConfig,
     dtype: Dtype,
     resume: bool,
-    device: &B::Device,
+    devices: &[B::Device],
 ) -> Result<()> {
+    let device = &devices[0];
     let template = Template::from_name(&config.template)?;
     // Hyperparameters are checked before anything is read or loaded (the image settings and the
     // layout, which only the model knows, play no part in the check).
@@ -664,6 +690,11 @@ fn run_on<B: AutodiffBackend>(
         "adapter-off" => None,
         _ => Some(ScoreMeta {
             dtype: dtype.name().into(),
+            tokenizer_fingerprint: config
+                .tokenizer
+                .as_deref()
+                .map(mmedpo_core::manifest::path_fingerprint)
+                .transpose()?,
             ..ScoreMeta::of(
                 &config.model,
                 config.vision_tower.as_deref(),
@@ -685,7 +716,14 @@ fn run_on<B: AutodiffBackend>(
         ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let summary = train(
+    note!(
+        "global batch {} pair(s) per step = {} device(s) × batch_size {} × grad_accum {}",
+        config.devices * config.optim.batch_size * config.optim.grad_accum,
+        config.devices,
+        config.optim.batch_size,
+        config.optim.grad_accum
+    );
+    let summary = train_on_devices(
         loaded.model,
         &tokenizer,
         &records,
@@ -693,7 +731,7 @@ fn run_on<B: AutodiffBackend>(
         &settings,
         &config.out,
         resume,
-        device,
+        devices,
         &mut |log, total| {
             bar.set_length(total as u64);
             bar.set_position(log.step as u64);

@@ -57,3 +57,36 @@ fn bench_train_reports_speed_memory_and_the_lora_a_update() {
         stderr(&o)
     );
 }
+
+#[test]
+fn bench_train_on_two_devices_sums_the_replicas_into_the_same_step() {
+    // Both replicas run the same synthetic pairs, so the summed step is the one-device step:
+    // the same loss and gradient norm, reported per pair of the global batch.
+    let run = |devices: &str| {
+        let json = tmp(&format!("bench-devices-{devices}")).join("bench.json");
+        let o = mmedpo(&[
+            "bench",
+            "train",
+            "--config",
+            "models/tiny-llava/config.json",
+            "--seq-len",
+            "64",
+            "--steps",
+            "2",
+            "--devices",
+            devices,
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        v
+    };
+    let (one, two) = (run("1"), run("2"));
+    assert_eq!(two["devices"], 2);
+    for key in ["loss", "grad_norm"] {
+        let (a, b) = (one[key].as_f64().unwrap(), two[key].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-5 * a.abs(), "{key}: {a} vs {b}");
+    }
+}

@@ -40,11 +40,17 @@ fn image_root(dir: &Path) -> PathBuf {
     images
 }
 
-/// The tiny model with one weight replaced by NaN.
-fn nan_model(dir: &Path) -> PathBuf {
+/// The tiny model (`src` names its folder) rewritten tensor by tensor into `DIR/name`: `alter`
+/// gets each key and its bytes and returns the key to write.
+fn altered_model(
+    dir: &Path,
+    src: &str,
+    name: &str,
+    alter: impl Fn(&str, &mut Vec<u8>) -> String,
+) -> PathBuf {
     use mmedpo_core::checkpoint::{write_safetensors_bytes, Checkpoint, TensorBytes};
-    let model = tiny_llava("hostile-nan-src");
-    let out = dir.join("nan-model");
+    let model = tiny_llava(src);
+    let out = dir.join(name);
     std::fs::create_dir_all(&out).unwrap();
     for f in ["config.json", "tokenizer.json"] {
         std::fs::copy(model.join(f), out.join(f)).unwrap();
@@ -56,37 +62,29 @@ fn nan_model(dir: &Path) -> PathBuf {
         .map(|k| {
             let raw = ck.raw(k).unwrap();
             let mut bytes = raw.data.to_vec();
-            if k.ends_with("layers.1.mlp.down_proj.weight") {
-                bytes[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
-            }
-            (k.clone(), raw.dtype, raw.shape.clone(), bytes.into())
+            let key = alter(k, &mut bytes);
+            (key, raw.dtype, raw.shape.clone(), bytes.into())
         })
         .collect();
     write_safetensors_bytes(&out.join("model.safetensors"), &tensors).unwrap();
     out
 }
 
+/// The tiny model with one weight replaced by NaN.
+fn nan_model(dir: &Path) -> PathBuf {
+    altered_model(dir, "hostile-nan-src", "nan-model", |k, bytes| {
+        if k.ends_with("layers.1.mlp.down_proj.weight") {
+            bytes[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
+        }
+        k.to_string()
+    })
+}
+
 /// The tiny model with one tensor's name damaged (`...up_proj.weight` → `...up_proj.weighx`).
 fn damaged_key_model(dir: &Path) -> PathBuf {
-    use mmedpo_core::checkpoint::{write_safetensors_bytes, Checkpoint, TensorBytes};
-    let model = tiny_llava("hostile-key-src");
-    let out = dir.join("damaged-key-model");
-    std::fs::create_dir_all(&out).unwrap();
-    for f in ["config.json", "tokenizer.json"] {
-        std::fs::copy(model.join(f), out.join(f)).unwrap();
-    }
-    let ck = Checkpoint::open(&model).unwrap();
-    let keys: Vec<String> = ck.keys().map(String::from).collect();
-    let tensors: Vec<TensorBytes> = keys
-        .iter()
-        .map(|k| {
-            let raw = ck.raw(k).unwrap();
-            let name = k.replace("layers.0.mlp.up_proj.weight", "layers.0.mlp.up_proj.weighx");
-            (name, raw.dtype, raw.shape.clone(), raw.data.to_vec().into())
-        })
-        .collect();
-    write_safetensors_bytes(&out.join("model.safetensors"), &tensors).unwrap();
-    out
+    altered_model(dir, "hostile-key-src", "damaged-key-model", |k, _| {
+        k.replace("layers.0.mlp.up_proj.weight", "layers.0.mlp.up_proj.weighx")
+    })
 }
 
 #[test]

@@ -266,24 +266,28 @@ fn eval_killed_and_resumed_writes_the_same_files() {
     assert!(landed >= 4, "only {landed} of 6 kills landed mid-run");
 }
 
-#[test]
-fn visual_pairs_killed_and_resumed_writes_the_same_files() {
-    let dir = tmp("k9-visual");
-    let data = many_pairs(&dir, 40);
+/// `visual-pairs` over 40 pairs into `DIR/out`, with `extra` flags.
+fn visual_args(dir: &Path, extra: &[&str]) -> (Vec<String>, PathBuf) {
+    let data = many_pairs(dir, 40);
     let out = dir.join("out");
     let images = root().join("data/images");
-    let args = s(&[
+    let mut args = s(&[
         "visual-pairs",
         "--data",
         data.to_str().unwrap(),
         "--image-root",
         images.to_str().unwrap(),
-        "--overlays",
-        "--batch-size",
-        "2",
         "--out",
         out.to_str().unwrap(),
     ]);
+    args.extend(s(extra));
+    (args, out)
+}
+
+#[test]
+fn visual_pairs_killed_and_resumed_writes_the_same_files() {
+    let dir = tmp("k9-visual");
+    let (args, out) = visual_args(&dir, &["--overlays", "--batch-size", "2"]);
     let landed = killed_runs_resume_to_the_same_files("visual-pairs", &out, &args, &[], &[]);
     assert!(landed >= 4, "only {landed} of 6 kills landed mid-run");
 }
@@ -422,18 +426,7 @@ fn train_on_two_devices_killed_and_resumed_writes_the_same_files() {
 #[test]
 fn two_processes_on_one_out_leave_one_writer() {
     let dir = tmp("k9-two");
-    let data = many_pairs(&dir, 40);
-    let out = dir.join("out");
-    let images = root().join("data/images");
-    let args = s(&[
-        "visual-pairs",
-        "--data",
-        data.to_str().unwrap(),
-        "--image-root",
-        images.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (args, out) = visual_args(&dir, &[]);
     let _one = serial();
     let o = run(&args);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -187,6 +187,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// A value as pretty JSON with a final newline, written whole ([`write_atomic`]).
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut text = serde_json::to_vec_pretty(value).map_err(|cause| Error::Json {
+        path: path.to_path_buf(),
+        cause,
+    })?;
+    text.push(b'\n');
+    write_atomic(path, &text)
+}
+
 /// As [`write_atomic`], with `write` making the temporary file (an encoder that writes a path).
 pub fn write_atomic_with<E>(
     path: &Path,

@@ -27,10 +27,15 @@ pub struct Manifest {
 /// The fingerprint of a file's bytes, or of a model or adapter directory ([`dir_fingerprint`]).
 pub fn path_fingerprint(path: &Path) -> Result<String> {
     if path.is_file() {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        return Ok(fingerprint([bytes.as_slice()]));
+        return file_fingerprint(path);
     }
     dir_fingerprint(path)
+}
+
+/// The fingerprint of a file's bytes.
+pub fn file_fingerprint(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(fingerprint([bytes.as_slice()]))
 }
 
 /// What [`Manifest::check`] found.
@@ -67,14 +72,12 @@ impl Manifest {
 
     /// Adds the fingerprint of a file's bytes.
     pub fn file(self, name: &str, path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Ok(self.value(name, fingerprint([bytes.as_slice()])))
+        Ok(self.value(name, file_fingerprint(path)?))
     }
 
     /// Adds the fingerprint of a model or adapter directory ([`dir_fingerprint`]), or of a file.
     pub fn dir(self, name: &str, path: &Path) -> Result<Self> {
-        let fp = path_fingerprint(path)?;
-        Ok(self.value(name, fp))
+        Ok(self.value(name, path_fingerprint(path)?))
     }
 
     /// Adds [`dir`](Self::dir) of an optional path (`none` when absent).
@@ -167,8 +170,7 @@ impl Manifest {
 
     /// Writes the manifest (through a temporary file and a rename).
     pub fn write(&self, path: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(self).unwrap_or_default();
-        crate::journal::write_atomic(path, (text + "\n").as_bytes())
+        crate::journal::write_json(path, self)
     }
 }
 

@@ -35,6 +35,18 @@ pub enum Error {
     /// A bad training setting.
     #[error("invalid training setting: {0}")]
     Setting(String),
+    /// Data-parallel training: another device's replica stopped at this step (its own error is
+    /// the one reported), so this one stops too.
+    #[error("step {step}: another device's replica stopped (its error is reported); rank {rank} stops too")]
+    PeerStopped {
+        /// 1-based optimizer step.
+        step: usize,
+        /// This replica's rank.
+        rank: usize,
+    },
+    /// A collective operation (all-reduce, registration) failed.
+    #[error("data-parallel collective operation failed: {0}")]
+    Collective(String),
     /// A step produced a loss, log-prob or gradient that is not a finite number.
     #[error(
         "step {step}: {what} is not finite (pair ids {ids}); nothing of this step was applied"

@@ -20,9 +20,6 @@ use crate::train::Local;
 
 type Inner<B> = <B as AutodiffBackend>::InnerBackend;
 
-/// The text of the error a rank reports when another rank failed (that one reports the cause).
-pub(crate) const PEER_STOPPED: &str = "another device's replica stopped";
-
 /// This thread's place in the collective.
 pub struct Peer {
     id: PeerId,
@@ -54,8 +51,12 @@ pub(crate) fn moments_to<B: Backend>(
 }
 
 fn collective(e: burn_collective::CollectiveError) -> Error {
-    Error::Setting(format!("collective operation failed: {e:?}"))
+    Error::Collective(format!("{e:?}"))
 }
+
+/// The step scalars summed before the gradients: the failure flag, the loss, the six metric sums
+/// and the pair count; then one has-a-gradient flag per trainable key.
+const HEAD: usize = 9;
 
 impl Peer {
     /// Registers rank `rank` of `world` on `device`.
@@ -103,6 +104,7 @@ impl Peer {
         let mut scalars = vec![failed, loss];
         scalars.extend(metrics);
         scalars.push(count as f64);
+        debug_assert_eq!(scalars.len(), HEAD);
         scalars.extend(
             keys.iter()
                 .map(|(k, _)| f64::from(u8::from(acc.contains_key(k)))),
@@ -124,15 +126,14 @@ impl Peer {
             return Err(e);
         }
         if s[0] > 0.0 {
-            return Err(Error::Setting(format!(
-                "step {}: {PEER_STOPPED} (its error is reported); rank {} stops too",
-                step + 1,
-                self.rank
-            )));
+            return Err(Error::PeerStopped {
+                step: step + 1,
+                rank: self.rank,
+            });
         }
         let mut out = self.sum_gradients(&acc, keys, device)?;
-        for (i, (k, _)) in keys.iter().enumerate() {
-            if s[9 + i] == 0.0 {
+        for ((k, _), &flag) in keys.iter().zip(&s[HEAD..]) {
+            if flag == 0.0 {
                 out.remove(k); // no rank had a gradient for it
             }
         }
@@ -188,10 +189,10 @@ impl Peer {
         let failed = self.sum(flag)?.into_scalar();
         let failed: f32 = burn::tensor::ElementConversion::elem(failed);
         if ok && failed > 0.0 {
-            return Err(Error::Setting(format!(
-                "step {done}: {PEER_STOPPED} (its error is reported); rank {} stops too",
-                self.rank
-            )));
+            return Err(Error::PeerStopped {
+                step: done,
+                rank: self.rank,
+            });
         }
         Ok(())
     }

@@ -626,7 +626,6 @@ pub fn train_on_devices<B: AutodiffBackend>(
         reference: reference.as_ref(),
         settings,
         out,
-        n,
         micro_per_epoch,
         total,
         warmup,
@@ -671,23 +670,17 @@ pub fn train_on_devices<B: AutodiffBackend>(
                 })
                 .collect();
             // The cause first: a rank that only saw another one stop says so.
-            let mut errors: Vec<Error> = vec![];
-            let first = match first {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    errors.push(e);
-                    None
-                }
-            };
-            errors.extend(others.into_iter().filter_map(|o| o.err()));
-            if let Some(i) = errors
-                .iter()
-                .position(|e| !e.to_string().contains(crate::parallel::PEER_STOPPED))
-                .or((!errors.is_empty()).then_some(0))
-            {
-                return Err(errors.swap_remove(i));
+            let mut errors: Vec<Error> = others.into_iter().filter_map(|o| o.err()).collect();
+            match first {
+                Ok(m) if errors.is_empty() => return Ok(m),
+                Ok(_) => {}
+                Err(e) => errors.insert(0, e),
             }
-            first.ok_or_else(|| Error::Setting("rank 0 returned no model".into()))
+            let cause = errors
+                .iter()
+                .position(|e| !matches!(e, Error::PeerStopped { .. }))
+                .unwrap_or(0);
+            Err(errors.swap_remove(cause))
         })?
     };
     let adapter_dir = out.join("adapter");
@@ -761,14 +754,13 @@ fn fresh_leaves<B: AutodiffBackend>(
     model: &mut LlavaForConditionalGeneration<B>,
     settings: &TrainSettings,
 ) {
+    fn leaf<B: AutodiffBackend, const D: usize>(p: &mut Param<Tensor<B, D>>) {
+        *p = Param::initialized(p.id, Tensor::from_inner(p.val().inner()).require_grad());
+    }
     for (_, _, slot) in trainable(model, settings.layout, settings.projector_lr.is_some()) {
         match slot {
-            Slot::W2(p) => {
-                *p = Param::initialized(p.id, Tensor::from_inner(p.val().inner()).require_grad())
-            }
-            Slot::W1(p) => {
-                *p = Param::initialized(p.id, Tensor::from_inner(p.val().inner()).require_grad())
-            }
+            Slot::W2(p) => leaf(p),
+            Slot::W1(p) => leaf(p),
         }
     }
 }
@@ -781,7 +773,6 @@ struct Run<'a> {
     reference: Option<&'a HashMap<RecordId, (f64, f64)>>,
     settings: &'a TrainSettings,
     out: &'a Path,
-    n: usize,
     micro_per_epoch: usize,
     total: usize,
     warmup: usize,
@@ -840,7 +831,8 @@ impl Run<'_> {
         device: &B::Device,
         mut io: Option<&mut Io<'_, '_>>,
     ) -> Result<LlavaForConditionalGeneration<B>> {
-        let (settings, records, n) = (self.settings, self.records, self.n);
+        let (settings, records) = (self.settings, self.records);
+        let n = records.len();
         let peer = (self.world > 1)
             .then(|| crate::parallel::Peer::register::<Inner<B>>(rank, self.world, device))
             .transpose()?;
@@ -1051,7 +1043,15 @@ impl Run<'_> {
         if (settings.save_steps > 0 && done.is_multiple_of(settings.save_steps))
             || done == self.total
         {
-            save_checkpoint(model, moments, settings, self.out, done, self.total, self.n)?;
+            save_checkpoint(
+                model,
+                moments,
+                settings,
+                self.out,
+                done,
+                self.total,
+                self.records.len(),
+            )?;
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use mmedpo_core::journal::{write_atomic, Journal};
+use mmedpo_core::journal::{write_json, Journal};
 use mmedpo_core::record::{fingerprint_u64, read_items, RecordId};
 use mmedpo_curation::{judge, to_record, CandidateSampler, Item, JudgePrompts, Verdict};
 use mmedpo_llm::{GenerationConfig, Sampling, Template, Tokenizer};
@@ -315,10 +315,7 @@ fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<()> {
             picked += usize::from(v["source"] == "picked");
         }
     }
-    write_atomic(
-        &args.out,
-        (serde_json::to_string_pretty(&out)? + "\n").as_bytes(),
-    )?;
+    write_json(&args.out, &out)?;
     note!(
         "{} text pairs in {}: {picked} picked from the model's answers, {} written by the judge; \
          {} item(s) without a usable verdict{}",

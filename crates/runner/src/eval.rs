@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use mmedpo_core::journal::{write_atomic, Entry, Journal};
+use mmedpo_core::journal::{write_atomic, write_json, Entry, Journal};
 use mmedpo_core::record::RecordId;
 use mmedpo_eval::normalize::normalize_word;
 use mmedpo_eval::report_scores;
@@ -530,10 +530,7 @@ fn run_on<B: Backend>(args: &EvalArgs, device: &B::Device) -> Result<()> {
     bar.finish_and_clear();
     let preds = read_predictions(&pred_path)?;
     let metrics = score(task, &preds, args.wordnet.as_deref())?;
-    write_atomic(
-        &metrics_path,
-        serde_json::to_string_pretty(&metrics)?.as_bytes(),
-    )?;
+    write_json(&metrics_path, &metrics)?;
     let md = table(task, &metrics);
     write_atomic(&table_path, md.as_bytes())?;
     say!("{md}");

@@ -20,7 +20,7 @@ use mmedpo_scorer::local::{LocalAgent, LocalSettings};
 use mmedpo_scorer::prompts::Prompts;
 use mmedpo_scorer::{Agent, Protocol, ScoreRequest};
 
-use mmedpo_core::journal::{write_atomic, Journal};
+use mmedpo_core::journal::{write_json, Journal};
 use mmedpo_core::manifest::Manifest;
 use mmedpo_core::record::RecordId;
 
@@ -295,10 +295,7 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
             }
         }
     }
-    write_atomic(
-        &args.out,
-        (serde_json::to_string_pretty(&out)? + "\n").as_bytes(),
-    )?;
+    write_json(&args.out, &out)?;
     note!(
         "{} pairs: {} scored ({} by consensus), {} without any score",
         out.len(),

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use mmedpo_core::journal::{write_atomic, Journal};
+use mmedpo_core::journal::{write_atomic, write_json, Journal};
 use mmedpo_core::record::{read_records_lenient, PreferenceRecord};
 use mmedpo_llm::Template;
 use mmedpo_lvlm::load_llava_as;
@@ -104,7 +104,7 @@ fn run_on<B: Backend>(args: &ScoreArgs, device: &B::Device) -> Result<()> {
             );
         }
     }
-    write_atomic(&meta_path, serde_json::to_string_pretty(&meta)?.as_bytes())?;
+    write_json(&meta_path, &meta)?;
     // The output is the journal: one line per scored pair (a line cut by a kill is redone).
     let mut out = Journal::<PairScore>::open(&args.out)?;
     let already = out.len();
@@ -179,7 +179,7 @@ fn run_on<B: Backend>(args: &ScoreArgs, device: &B::Device) -> Result<()> {
     }
     bar.finish_and_clear();
     if !rejects.is_empty() {
-        let path = PathBuf::from(format!("{}.rejects.jsonl", args.out.display()));
+        let path = crate::common::side(&args.out, "rejects.jsonl");
         let text: String = rejects.iter().map(|r| format!("{r}\n")).collect();
         write_atomic(&path, text.as_bytes())?;
         note!("{} item(s) skipped; see {}", rejects.len(), path.display());

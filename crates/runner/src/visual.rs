@@ -27,7 +27,7 @@ use mmedpo_medklip::overlay::overlay;
 use mmedpo_medklip::{add_noise, lesion_map, observation_index, Medklip, NoiseMode};
 
 use crate::{with_backend, DeviceKind};
-use mmedpo_core::journal::{write_atomic, write_atomic_with, Journal};
+use mmedpo_core::journal::{write_atomic_with, write_json, Journal};
 
 /// Arguments of `mmedpo visual-pairs`.
 #[derive(Args, Debug)]
@@ -289,10 +289,7 @@ fn run_on<B: Backend>(args: &VisualArgs, device: &B::Device) -> Result<()> {
         out.push(pair);
     }
     let out_file = args.out.join(OUTPUT_FILE);
-    write_atomic(
-        &out_file,
-        (serde_json::to_string_pretty(&out)? + "\n").as_bytes(),
-    )?;
+    write_json(&out_file, &out)?;
 
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     note!(

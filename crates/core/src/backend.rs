@@ -25,3 +25,8 @@ pub type Gpu = burn::backend::Cuda<f32, i32>;
 /// The ndarray CPU backend, kept only to compare Flex against it.
 #[cfg(feature = "ndarray")]
 pub type NdArray = burn::backend::NdArray<f32>;
+
+/// Whether `B` is [`Cpu`] (kernels of this crate and the trainer pick CPU-only paths by it).
+pub fn is_cpu<B: burn::tensor::backend::Backend>() -> bool {
+    std::any::TypeId::of::<B>() == std::any::TypeId::of::<Cpu>()
+}

@@ -6,13 +6,16 @@
 //! Feature `testing`: [`testing`] helpers for the workspace's test suites.
 #![deny(missing_docs)]
 
+pub mod attention;
 pub mod backend;
 pub mod checkpoint;
 pub mod error;
 pub mod journal;
+pub mod linear;
 pub mod manifest;
 pub mod precision;
 pub mod record;
+pub mod swiglu;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

@@ -18,8 +18,6 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::{LayerNorm, RmsNorm};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention as burn_attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Tensor};
 
 /// `LlamaRMSNorm`: `weight * (x_f32 * rsqrt(mean(x_f32²) + eps)).to(dtype(x))`.
@@ -47,12 +45,9 @@ pub fn layer_norm<B: Backend, const D: usize>(ln: &LayerNorm<B>, x: Tensor<B, D>
 }
 
 /// Scaled dot-product attention, `softmax(q kᵀ / √d + mask) v`, with `mask` `true` where a query
-/// must not attend. f32 inputs use Burn's `attention`; others compute the scores in their dtype and
-/// the softmax in f32, as transformers' eager attention does.
-///
-/// # Shapes
-/// - `q`: `[batch, heads, q_len, head_dim]`, `k`/`v`: `[batch, heads, k_len, head_dim]`,
-///   `mask`: `[batch, heads, q_len, k_len]` → `[batch, heads, q_len, head_dim]`
+/// must not attend. f32 inputs use [`crate::attention::attention`] (the backend's fused forward,
+/// a backward of its own); others compute the scores in their dtype and the softmax in f32, as
+/// transformers' eager attention does. Shapes as [`crate::attention::attention`]'s.
 pub fn attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -61,7 +56,7 @@ pub fn attention<B: Backend>(
 ) -> Tensor<B, 4> {
     let dtype = q.dtype();
     if dtype == DType::F32 {
-        return burn_attention(q, k, v, mask, None, AttentionModuleOptions::default());
+        return crate::attention::attention(q, k, v, mask);
     }
     let scale = 1.0 / (q.dims()[3] as f64).sqrt();
     let scores = q
@@ -69,7 +64,10 @@ pub fn attention<B: Backend>(
         .mul_scalar(scale)
         .cast(DType::F32);
     let scores = match mask {
-        Some(m) => scores.mask_fill(m, f32::NEG_INFINITY),
+        Some(m) => {
+            let [b, h, tq, tk] = scores.dims();
+            scores.mask_fill(m.expand([b, h, tq, tk]), f32::NEG_INFINITY)
+        }
         None => scores,
     };
     softmax(scores, 3).cast(dtype).matmul(v)

@@ -252,6 +252,24 @@ pub struct Gradients<B: AutodiffBackend> {
     pub loss: f64,
     /// Policy chosen / rejected, reference chosen / rejected log-probs per pair.
     pub logps: [Vec<f64>; 4],
+    /// Where the call's time went.
+    pub phases: Phases,
+}
+
+/// Seconds spent in each part of [`loss_and_grads`], measured after a device sync at each
+/// boundary (so they are right on asynchronous backends too).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Phases {
+    /// The frozen tower (and projector, unless trained) once per image.
+    pub tower_s: f64,
+    /// The policy forward with autodiff, chosen and rejected as one batch (on the CPU, together
+    /// with the reference forward running beside it).
+    pub policy_forward_s: f64,
+    /// The adapter-off reference forward run after the policy's (0 with a reference file, and on
+    /// the CPU, where it runs beside the policy forward).
+    pub reference_forward_s: f64,
+    /// The loss and its backward pass, and the gradients' collection.
+    pub backward_s: f64,
 }
 
 fn to_vec<B: Backend>(t: Tensor<B, 1>) -> Vec<f64> {
@@ -277,6 +295,7 @@ pub fn loss_and_grads<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Gradients<B>> {
     let size = settings.pairs.image_size as usize;
+    let mut clock = Clock::<B>::start(device);
     // The frozen tower runs once per distinct image, without autodiff; its features serve the
     // policy and the reference (and the projector's output too, unless it is trained).
     let inner = model.valid();
@@ -290,16 +309,38 @@ pub fn loss_and_grads<B: AutodiffBackend>(
             .multi_modal_projector
             .forward(Tensor::from_inner(tower.clone())),
     };
-    let policy = pair_logps_with_features(model, pairs, policy_features, &image_of)?;
-    let (rc, rr) = match reference {
-        Some((c, r)) => (c.to_vec(), r.to_vec()),
-        None => {
-            let reference = inner.reference();
-            let features =
-                projected.unwrap_or_else(|| reference.multi_modal_projector.forward(tower));
-            let out = pair_logps_with_features(&reference, pairs, features, &image_of)?;
-            (to_vec(out.chosen), to_vec(out.rejected))
-        }
+    let tower_s = clock.lap();
+    let reference_logps = || -> Result<(Vec<f64>, Vec<f64>)> {
+        let reference = inner.reference();
+        let features = projected
+            .clone()
+            .unwrap_or_else(|| reference.multi_modal_projector.forward(tower.clone()));
+        let out = pair_logps_with_features(&reference, pairs, features, &image_of)?;
+        Ok((to_vec(out.chosen), to_vec(out.rejected)))
+    };
+    // On the CPU the adapter-off reference runs in a second thread beside the policy forward:
+    // many of Flex's ops use one core, so the two share the cores (same ops, same results). A
+    // reference file, or another backend, runs it after the policy, timed on its own.
+    let concurrent = reference.is_none() && mmedpo_core::backend::is_cpu::<Inner<B>>();
+    let (policy, (rc, rr), policy_forward_s, reference_forward_s) = if concurrent {
+        let (policy, refs) = std::thread::scope(|s| {
+            let handle = s.spawn(reference_logps);
+            let policy = pair_logps_with_features(model, pairs, policy_features, &image_of);
+            let refs = handle
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
+            (policy, refs)
+        });
+        // The two overlap: the lap is theirs together, reported as the policy's.
+        (policy?, refs?, clock.lap(), 0.0)
+    } else {
+        let policy = pair_logps_with_features(model, pairs, policy_features, &image_of)?;
+        let policy_forward_s = clock.lap();
+        let refs = match reference {
+            Some((c, r)) => (c.to_vec(), r.to_vec()),
+            None => reference_logps()?,
+        };
+        (policy, refs, policy_forward_s, clock.lap())
     };
     let b = pairs.len();
     let t = |v: &[f64]| {
@@ -335,11 +376,43 @@ pub fn loss_and_grads<B: AutodiffBackend>(
         rc,
         rr,
     ];
+    let phases = Phases {
+        tower_s,
+        policy_forward_s,
+        reference_forward_s,
+        backward_s: clock.lap(),
+    };
     Ok(Gradients {
         grads: collected,
         loss,
         logps,
+        phases,
     })
+}
+
+/// Lap times on a device, each taken after the device has finished its queued work.
+struct Clock<'a, B: Backend> {
+    device: &'a B::Device,
+    last: std::time::Instant,
+}
+
+impl<'a, B: Backend> Clock<'a, B> {
+    fn start(device: &'a B::Device) -> Self {
+        let _ = B::sync(device);
+        Self {
+            device,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Seconds since the last lap.
+    fn lap(&mut self) -> f64 {
+        let _ = B::sync(self.device);
+        let now = std::time::Instant::now();
+        let secs = (now - self.last).as_secs_f64();
+        self.last = now;
+        secs
+    }
 }
 
 fn read_reference(

@@ -20,7 +20,6 @@ use burn::module::Module;
 use burn::nn::{
     Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig,
 };
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use mmedpo_core::precision::{attention, rms_norm};
@@ -425,7 +424,12 @@ impl<B: Backend> LlamaForCausalLM<B> {
     /// - `hidden`: `[batch, seq, hidden]` → `[batch, seq, vocab]`
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
+            // Burn's `Linear::forward`, without the weight copy in its backward when frozen.
+            Some(head) => mmedpo_core::linear::linear(
+                hidden,
+                head.weight.val(),
+                head.bias.as_ref().map(|b| b.val()),
+            ),
             None => {
                 let weight = self.model.embed_tokens.weight.val(); // [vocab, hidden]
                 hidden.matmul(weight.transpose().unsqueeze::<3>())
@@ -542,26 +546,24 @@ impl<B: Backend> LlamaModel<B> {
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = embeds.dims();
-        let (cos, sin) = self.rope(&attn.positions, batch, seq, &embeds.device());
+        let rope = self.rope(&attn.positions, batch, seq, &embeds.device());
         let mut x = embeds;
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, &cos, &sin, &attn.mask, slot);
+            x = layer.forward(x, &rope, &attn.mask, slot);
         }
         rms_norm(&self.norm, x)
     }
 
-    /// `cos`/`sin` tables for the given positions, `[batch, 1, seq, head_dim]` each.
+    /// The cos/sin tables for the given positions, one pair per head count (queries, keys).
     ///
     /// As `LlamaRotaryEmbedding`: `freq = position * inv_freq` in f32, then cos/sin (computed here in
-    /// f64 and rounded, i.e. correctly rounded like torch's), duplicated over both halves.
-    fn rope(
-        &self,
-        positions: &[i64],
-        batch: usize,
-        seq: usize,
-        device: &B::Device,
-    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    /// f64 and rounded, i.e. correctly rounded like torch's), duplicated over both halves. The
+    /// tables are laid out as the projections come out of their `Linear`, `[batch, seq, heads,
+    /// head_dim]`, and repeated over the heads on the host: the products are then same-shape
+    /// element-wise ops on contiguous tensors (a table broadcast over heads made every product a
+    /// strided one, 5× slower on the CPU; docs/benchmarks.md).
+    fn rope(&self, positions: &[i64], batch: usize, seq: usize, device: &B::Device) -> Rope<B> {
         let half = self.inv_freq.len();
         let tables = self.rope_cache.get(positions, || {
             let mut cos = Vec::with_capacity(positions.len() * half * 2);
@@ -575,31 +577,56 @@ impl<B: Backend> LlamaModel<B> {
             }
             (cos, sin)
         });
-        let (cos, sin) = (tables.0.clone(), tables.1.clone());
-        let shape = [batch, 1, seq, 2 * half];
+        let head_dim = 2 * half;
         // Computed in f32 and rounded to the compute dtype, as `LlamaRotaryEmbedding` returns
         // `cos.to(x.dtype)`.
         let dtype = self.embed_tokens.weight.val().dtype();
-        (
-            Tensor::from_data(TensorData::new(cos, shape), (device, dtype)),
-            Tensor::from_data(TensorData::new(sin, shape), (device, dtype)),
-        )
+        let table = |values: &[f32], heads: usize| {
+            let mut out = Vec::with_capacity(values.len() * heads);
+            for row in values.chunks(head_dim) {
+                for _ in 0..heads {
+                    out.extend_from_slice(row);
+                }
+            }
+            Tensor::from_data(
+                TensorData::new(out, [batch, seq, heads, head_dim]),
+                (device, dtype),
+            )
+        };
+        // Every layer has the same head counts (a stack without layers uses no table).
+        let (h, kvh) = self.layers.first().map_or((1, 1), |l| {
+            (l.self_attn.num_heads, l.self_attn.num_kv_heads)
+        });
+        Rope {
+            cos_q: table(&tables.0, h),
+            sin_q: table(&tables.1, h),
+            cos_k: table(&tables.0, kvh),
+            sin_k: table(&tables.1, kvh),
+        }
     }
+}
+
+/// RoPE tables of one forward, `[batch, seq, heads, head_dim]` for the queries' and the keys'
+/// head counts.
+struct Rope<B: Backend> {
+    cos_q: Tensor<B, 4>,
+    sin_q: Tensor<B, 4>,
+    cos_k: Tensor<B, 4>,
+    sin_k: Tensor<B, 4>,
 }
 
 impl<B: Backend> DecoderLayer<B> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
-        cos: &Tensor<B, 4>,
-        sin: &Tensor<B, 4>,
+        rope: &Rope<B>,
         mask: &Tensor<B, 4, Bool>,
         cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     ) -> Tensor<B, 3> {
         let h = x.clone()
             + self
                 .self_attn
-                .forward(rms_norm(&self.input_layernorm, x), cos, sin, mask, cache);
+                .forward(rms_norm(&self.input_layernorm, x), rope, mask, cache);
         h.clone()
             + self
                 .mlp
@@ -616,25 +643,26 @@ fn rotate_half<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
 
 impl<B: Backend> Attention<B> {
     /// # Shapes
-    /// - `x`: `[batch, seq, hidden]`; `cos`/`sin`: `[batch, 1, seq, head_dim]`;
+    /// - `x`: `[batch, seq, hidden]`; `rope`: `[batch, seq, heads, head_dim]` tables;
     ///   `mask`: `[batch, 1, seq, past + seq]` → `[batch, seq, hidden]`
     fn forward(
         &self,
         x: Tensor<B, 3>,
-        cos: &Tensor<B, 4>,
-        sin: &Tensor<B, 4>,
+        rope: &Rope<B>,
         mask: &Tensor<B, 4, Bool>,
         cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let split =
-            |t: Tensor<B, 3>, heads: usize| t.reshape([batch, seq, heads, hd]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone()), h); // [batch, h, seq, hd]
-        let k = split(self.k_proj.forward(x.clone()), kvh); // [batch, kvh, seq, hd]
-        let v = split(self.v_proj.forward(x), kvh);
-        let q = q.clone() * cos.clone() + rotate_half(q) * sin.clone();
-        let k = k.clone() * cos.clone() + rotate_half(k) * sin.clone();
+        let split = |t: Tensor<B, 3>, heads: usize| t.reshape([batch, seq, heads, hd]);
+        let q = split(self.q_proj.forward(x.clone()), h); // [batch, seq, h, hd]
+        let k = split(self.k_proj.forward(x.clone()), kvh); // [batch, seq, kvh, hd]
+        let v = split(self.v_proj.forward(x), kvh).swap_dims(1, 2); // [batch, kvh, seq, hd]
+                                                                    // RoPE in the projections' own layout, then heads first for attention.
+        let q =
+            (q.clone() * rope.cos_q.clone() + rotate_half(q) * rope.sin_q.clone()).swap_dims(1, 2);
+        let k =
+            (k.clone() * rope.cos_k.clone() + rotate_half(k) * rope.sin_k.clone()).swap_dims(1, 2);
         let (k, v) = match cache {
             Some(slot) => {
                 let (k, v) = match slot.take() {
@@ -656,8 +684,8 @@ impl<B: Backend> Attention<B> {
                     .reshape([batch, h, total, hd])
             }
         };
-        let mask = mask.clone().expand([batch, h, seq, total]);
-        let out = attention(q, repeat(k), repeat(v), Some(mask));
+        // The mask stays `[batch, 1, seq, total]`: broadcast over heads where it is read.
+        let out = attention(q, repeat(k), repeat(v), Some(mask.clone()));
         self.o_proj
             .forward(out.swap_dims(1, 2).reshape([batch, seq, h * hd]))
     }
@@ -665,8 +693,9 @@ impl<B: Backend> Attention<B> {
 
 impl<B: Backend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let gate = self.gate_proj.forward(x.clone());
         self.down_proj
-            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+            .forward(mmedpo_core::swiglu::swiglu(gate, self.up_proj.forward(x)))
     }
 }
 
@@ -764,11 +793,18 @@ mod tests {
         let dev = Default::default();
         let host = |t: Tensor<B, 4>| -> Vec<f32> { t.into_data().to_vec().unwrap() };
         let (a, b) = (vec![0i64, 1, 2, 3], vec![5i64, 6, 7, 8]);
-        let (ca, sa) = model.model.rope(&a, 1, 4, &dev);
-        let (cb, _) = model.model.rope(&b, 1, 4, &dev);
-        assert_ne!(host(ca.clone()), host(cb), "other positions, other tables");
-        let (ca2, sa2) = model.model.rope(&a, 1, 4, &dev);
-        assert_eq!((host(ca), host(sa)), (host(ca2), host(sa2)));
+        let ra = model.model.rope(&a, 1, 4, &dev);
+        let rb = model.model.rope(&b, 1, 4, &dev);
+        assert_ne!(
+            host(ra.cos_q.clone()),
+            host(rb.cos_q),
+            "other positions, other tables"
+        );
+        let ra2 = model.model.rope(&a, 1, 4, &dev);
+        assert_eq!(
+            (host(ra.cos_q), host(ra.sin_k)),
+            (host(ra2.cos_q), host(ra2.sin_k))
+        );
         assert_eq!(model.model.rope_cache.key(), Some(a));
         // The mask cache gives what a fresh build gives, for each of two padding patterns.
         let masks =

@@ -54,7 +54,12 @@ impl<B: Backend> LoraLinear<B> {
     /// them): `x` is cast to it and the update back to the base output's dtype, as PEFT's
     /// `_cast_input_dtype` and `result.to(torch_result_dtype)` do.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let base = self.base_layer.forward(x.clone());
+        // Burn's `Linear::forward`, with a backward that does not copy a frozen weight.
+        let base = mmedpo_core::linear::linear(
+            x.clone(),
+            self.base_layer.weight.val(),
+            self.base_layer.bias.as_ref().map(|b| b.val()),
+        );
         match &self.lora {
             None => base,
             Some(a) => {

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use mmedpo_dpo::train::{loss_and_grads, optimizer_step, Reference, TrainSettings};
+use mmedpo_dpo::train::{loss_and_grads, optimizer_step, Phases, Reference, TrainSettings};
 use mmedpo_lora::LoraConfig;
 use mmedpo_lvlm::prompt::{IGNORE_INDEX, IMAGE_TOKEN_INDEX};
 use mmedpo_lvlm::score::{PairSettings, PreparedPair};
@@ -80,9 +80,19 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     }
 }
 
-/// What rank 0 does after each bench step: (step, seconds, loss, grad norm, model).
+/// One bench step as rank 0 saw it.
+struct StepReport {
+    step: usize,
+    seconds: f64,
+    loss: f64,
+    norm: f64,
+    phases: Phases,
+    optimizer_s: f64,
+}
+
+/// What rank 0 does after each bench step.
 type OnStep<'a, B> =
-    Box<dyn FnMut(usize, f64, f64, f64, &mmedpo_lvlm::LlavaForConditionalGeneration<B>) + 'a>;
+    Box<dyn FnMut(StepReport, &mmedpo_lvlm::LlavaForConditionalGeneration<B>) + 'a>;
 
 /// Peak resident memory of this process (Linux `VmHWM`), in bytes.
 pub fn peak_rss_bytes() -> Option<u64> {
@@ -231,6 +241,7 @@ fn bench<B: AutodiffBackend>(args: &BenchTrainArgs, devices: &[B::Device]) -> Re
     let total = args.steps + 1;
     let (mut times, mut losses, mut norms) = (vec![], vec![], vec![]);
     let mut a_after_first = vec![];
+    let mut phases: Vec<(Phases, f64)> = vec![];
     // Rank r > 0: a replica on its device running the same steps; every rank sums its gradients
     // with the others' (one all-reduce per step) before the same AdamW step.
     type Inner<B> = <B as AutodiffBackend>::InnerBackend;
@@ -259,8 +270,18 @@ fn bench<B: AutodiffBackend>(args: &BenchTrainArgs, devices: &[B::Device]) -> Re
                 Some(p) => p.sum_gradients(&g.grads, &keys, device)?,
                 None => g.grads,
             };
+            let optimizer = Instant::now();
             let (norm, _) = optimizer_step(model, &grads, &mut moments, &settings, step, total, 0)?;
-            each(step, start.elapsed().as_secs_f64(), g.loss, norm, model);
+            let _ = B::sync(device);
+            let report = StepReport {
+                step,
+                seconds: start.elapsed().as_secs_f64(),
+                loss: g.loss,
+                norm,
+                phases: g.phases,
+                optimizer_s: optimizer.elapsed().as_secs_f64(),
+            };
+            each(report, model);
         }
         if let Some(p) = peer {
             p.finish::<Inner<B>>();
@@ -274,21 +295,23 @@ fn bench<B: AutodiffBackend>(args: &BenchTrainArgs, devices: &[B::Device]) -> Re
             .enumerate()
             .map(|(i, (mut m, d))| {
                 let rank_steps = &rank_steps;
-                scope.spawn(move || rank_steps(i + 1, &mut m, d, Box::new(|_, _, _, _, _| {})))
+                scope.spawn(move || rank_steps(i + 1, &mut m, d, Box::new(|_, _| {})))
             })
             .collect();
         let first = rank_steps(
             0,
             &mut model,
             device,
-            Box::new(|step, secs, loss, norm, m| {
-                times.push(secs);
-                losses.push(loss);
-                norms.push(norm);
-                if step == 0 {
+            Box::new(|r, m| {
+                times.push(r.seconds);
+                losses.push(r.loss);
+                norms.push(r.norm);
+                if r.step == 0 {
                     a_after_first = lora_a_values(m);
+                } else {
+                    phases.push((r.phases, r.optimizer_s));
                 }
-                tracing::info!(step, seconds = secs, loss, norm, "bench step");
+                tracing::info!(r.step, r.seconds, r.loss, r.norm, ?r.phases, r.optimizer_s, "bench step");
             }),
         );
         for h in handles {
@@ -312,6 +335,19 @@ fn bench<B: AutodiffBackend>(args: &BenchTrainArgs, devices: &[B::Device]) -> Re
     let (median, min) = (per_pair(timed[timed.len() / 2]), per_pair(timed[0]));
     let tokens_per_s = (2 * args.seq_len) as f64 / median;
     let tflops = flops_per_pair(&config, args.seq_len) / median / 1e12;
+    // Per-phase medians over the timed steps, per pair (rank 0's).
+    let phase = |f: &dyn Fn(&(Phases, f64)) -> f64| {
+        let mut v: Vec<f64> = phases.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2] / pairs.len() as f64
+    };
+    let phase_medians = serde_json::json!({
+        "tower_s": phase(&|p| p.0.tower_s),
+        "policy_forward_s": phase(&|p| p.0.policy_forward_s),
+        "reference_forward_s": phase(&|p| p.0.reference_forward_s),
+        "backward_s": phase(&|p| p.0.backward_s),
+        "optimizer_s": phase(&|p| p.1),
+    });
     let peak = peak_rss_bytes();
     let finite = losses.iter().chain(&norms).all(|v| v.is_finite());
     let result = serde_json::json!({
@@ -322,7 +358,7 @@ fn bench<B: AutodiffBackend>(args: &BenchTrainArgs, devices: &[B::Device]) -> Re
         "build_s": build_s, "first_step_s": first_s, "s_per_pair": median, "min_s_per_pair": min,
         "tokens_per_s": tokens_per_s, "tflops": tflops, "peak_bytes": peak,
         "loss": losses.last(), "grad_norm": norms.last(), "finite": finite,
-        "lora_a_changed_fraction": changed_fraction,
+        "lora_a_changed_fraction": changed_fraction, "phases": phase_medians,
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     });
     say!(
@@ -341,6 +377,20 @@ fn bench<B: AutodiffBackend>(args: &BenchTrainArgs, devices: &[B::Device]) -> Re
         norms.last().copied().unwrap_or(f64::NAN),
         if finite { "finite" } else { "NOT FINITE" },
         100.0 * changed_fraction
+    );
+    say!(
+        "phases per pair (medians): {}",
+        phase_medians
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!(
+                "{} {:.3}",
+                k.trim_end_matches("_s"),
+                v.as_f64().unwrap_or(f64::NAN)
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     say!("{result}");
     if let Some(path) = &args.json {

@@ -20,7 +20,8 @@ use burn::tensor::module::linear as burn_linear;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 
-use crate::attention::{cast, same};
+use crate::attention::cpu::gemm_f32;
+use crate::attention::{cast, host, same};
 use crate::backend::Cpu;
 
 /// `x · weight + bias`; `weight` `[d_in, d_out]` (Burn's layout), `x` `[…, d_in]`.
@@ -61,10 +62,7 @@ impl<const D: usize> Backward<Cpu, 1> for FrozenLinear<D> {
         let w_layout = weight.layout();
         let (d_in, d_out) = (w_layout.shape()[0], w_layout.shape()[1]);
         let m = dims[..D - 1].iter().product::<usize>();
-        let dy = dy
-            .into_data()
-            .into_vec::<f32>()
-            .unwrap_or_else(|e| unreachable!("f32: {e:?}"));
+        let dy = host(dy);
         // A weight that is a view (not contiguous from its start) is copied once, as Burn would.
         let weight = if weight.is_contiguous() && w_layout.start_offset() == 0 {
             weight
@@ -73,64 +71,28 @@ impl<const D: usize> Backward<Cpu, 1> for FrozenLinear<D> {
         };
         let w: &[f32] = weight.storage();
         let mut dx = vec![0f32; m * d_in];
-        debug_assert!(dy.len() == m * d_out && w.len() >= d_in * d_out);
-        let parallel = if m * d_in * d_out >= 192 * 192 * 192 {
+        let parallelism = if m * d_in * d_out >= 192 * 192 * 192 {
             gemm::Parallelism::Rayon(0)
         } else {
             gemm::Parallelism::None
         };
-        assert!(
-            dy.len() >= m * d_out && w.len() >= d_in * d_out,
-            "linear backward: short buffers"
+        // dx[m × d_in] = dy[m × d_out] · Wᵀ, Wᵀ[d_out × d_in] read from W[d_in × d_out] row-major
+        // (gemm_f32 checks every operand's bounds).
+        gemm_f32(
+            (m, d_in, d_out),
+            &mut dx,
+            d_in,
+            false,
+            &dy,
+            (d_out, 1),
+            w,
+            (1, d_out),
+            parallelism,
         );
-        // dx[m × d_in] = dy[m × d_out] · Wᵀ, Wᵀ[d_out × d_in] read from W[d_in × d_out] row-major.
-        gemm_call(m, d_in, d_out, &mut dx, &dy, w, parallel);
         let mut shape = dims;
         shape[D - 1] = d_in;
         let dx = Tensor::<Cpu, D>::from_data(TensorData::new(dx, shape), &Default::default());
         grads.register::<Cpu>(node.id, dx.into_primitive().tensor());
-    }
-}
-
-#[allow(unsafe_code)] // gemm's only entry point is an unsafe fn of raw pointers
-fn gemm_call(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    lhs: &[f32],
-    w: &[f32],
-    parallelism: gemm::Parallelism,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(dst.len() >= m * n && lhs.len() >= m * k && w.len() >= n * k);
-    // SAFETY: dst is m×n row-major (rs n, cs 1), lhs m×k row-major (rs k, cs 1), rhs is the
-    // transpose of the n×k row-major `w` (rs 1, cs k): the assert above keeps every index gemm
-    // forms inside the slices, and `dst` is borrowed mutably apart from both operands.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
     }
 }
 

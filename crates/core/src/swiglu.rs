@@ -21,7 +21,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::attention::{cast, same};
+use crate::attention::{cast, host, same};
 use crate::backend::Cpu;
 
 /// `silu(gate) * up`; both of one shape.
@@ -48,12 +48,6 @@ const CHUNK: usize = 1 << 14;
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
-}
-
-fn host<const D: usize>(t: Tensor<Cpu, D>) -> Vec<f32> {
-    t.into_data()
-        .into_vec::<f32>()
-        .unwrap_or_else(|e| unreachable!("an f32 tensor: {e:?}"))
 }
 
 fn host_forward<const D: usize>(gate: Tensor<Cpu, D>, up: Tensor<Cpu, D>) -> Tensor<Cpu, D> {

@@ -36,9 +36,34 @@ impl<'a> Mask<'a> {
 }
 
 /// `dst[m×n] = (acc ? dst : 0) + lhs[m×k] · rhs[k×n]`, each operand given by its slice and its
-/// (row, column) strides.
-#[allow(clippy::too_many_arguments, unsafe_code)] // gemm's only entry point is an unsafe fn of raw pointers
+/// (row, column) strides; one thread (the attention kernels run one per rayon task).
+#[allow(clippy::too_many_arguments)]
 fn mm(
+    mnk: (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    acc: bool,
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+) {
+    gemm_f32(
+        mnk,
+        dst,
+        dst_rs,
+        acc,
+        lhs,
+        lhs_strides,
+        rhs,
+        rhs_strides,
+        gemm::Parallelism::None,
+    );
+}
+
+/// [`mm`] with the given parallelism: the one safe door to `gemm` in this crate.
+#[allow(clippy::too_many_arguments, unsafe_code)] // gemm's only entry point is an unsafe fn of raw pointers
+pub(crate) fn gemm_f32(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
@@ -47,6 +72,7 @@ fn mm(
     (lhs_rs, lhs_cs): (usize, usize),
     rhs: &[f32],
     (rhs_rs, rhs_cs): (usize, usize),
+    parallelism: gemm::Parallelism,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -92,7 +118,7 @@ fn mm(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
 }

@@ -1,9 +1,11 @@
 //! `cargo xtask`: project automation. Depends on no workspace crate; shells out to `cargo`.
 //!
-//! * `cargo xtask train [--config FILE] [ARGS]`: `mmedpo train`. Without `--config`, the embedded
-//!   default: random weights for `models/tiny-llava/config.json` (seed 0, drawn once into
-//!   `out/tiny-llava` with the Mistral tokenizer beside them) trained on `data/default/pairs.json` with `models/tiny-llava/train.toml`.
-//!   `--device cuda` builds with the `cuda` feature.
+//! * `cargo xtask train [--config PIPELINE.toml] [--cuda] [ARGS]`: `mmedpo pipeline` (Algorithm 1:
+//!   text pairs → relevance → visual pairs → assemble → train → evaluation, ending with the
+//!   base/MMedPO table). Without `--config`, the embedded default `models/tiny-llava/pipeline.toml`:
+//!   random weights for `models/tiny-llava/config.json` (seed 0, drawn once into `out/tiny-llava`
+//!   with the Mistral tokenizer beside them) on `data/default/`. ARGS go to `mmedpo pipeline`
+//!   (`--ablations`, `--from STAGE`); `--cuda` builds with the `cuda` feature.
 //! * `cargo xtask bench llm [ARGS]`: `mmedpo bench llm` (Flex, release) and, with `--torch`, the
 //!   PyTorch reference `crates/llm/scripts/bench_torch.py` on the same config and machine
 //!   (`MMEDPO_PYTHON` names the interpreter; default `python3`).
@@ -84,7 +86,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         _ => {
-            eprintln!("usage: cargo xtask <train [--config FILE] [ARGS] | bench llm [--torch] [ARGS] | validate | goldens>");
+            eprintln!("usage: cargo xtask <train [--config PIPELINE.toml] [--cuda] [ARGS] | bench llm [--torch] [ARGS] | validate | goldens>");
             std::process::exit(2);
         }
     }
@@ -100,10 +102,17 @@ fn mmedpo(cuda: bool) -> Command {
     c
 }
 
+/// `cargo xtask train [--config PIPELINE.toml] [ARGS]`: `mmedpo pipeline`; without `--config`, the
+/// embedded default (its tiny model drawn once).
 fn train(args: &[&str]) -> Result<()> {
     let cuda = args.windows(2).any(|w| w == ["--device", "cuda"]);
+    if cuda {
+        bail!("--device cuda: set `device = \"cuda\"` in the pipeline file (cargo xtask train --cuda builds with CUDA)");
+    }
+    let cuda = args.contains(&"--cuda");
+    let args: Vec<&str> = args.iter().copied().filter(|a| *a != "--cuda").collect();
     if args.contains(&"--config") {
-        return run(mmedpo(cuda).arg("train").args(args));
+        return run(mmedpo(cuda).arg("pipeline").args(&args));
     }
     let model = root().join("out/tiny-llava");
     if !model.join("model.safetensors").is_file() || !model.join("tokenizer.json").is_file() {
@@ -120,8 +129,8 @@ fn train(args: &[&str]) -> Result<()> {
         ]))?;
     }
     run(mmedpo(cuda)
-        .args(["train", "--config", "models/tiny-llava/train.toml"])
-        .args(args))
+        .args(["pipeline", "--config", "models/tiny-llava/pipeline.toml"])
+        .args(&args))
 }
 
 fn bench(args: &[&str]) -> Result<()> {

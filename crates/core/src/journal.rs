@@ -179,6 +179,9 @@ impl<T: Entry> Journal<T> {
 /// Writes `bytes` to `path` whole: a temporary file beside it (a name no output of ours has:
 /// a leading dot and `.partial`), flushed to disk, then renamed over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if is_special(path) {
+        return std::fs::write(path, bytes).map_err(|e| Error::io(path, e));
+    }
     write_atomic_with(path, |tmp| {
         let mut f = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
         f.write_all(bytes)
@@ -198,6 +201,7 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 }
 
 /// As [`write_atomic`], with `write` making the temporary file (an encoder that writes a path).
+/// A path that is a device or a FIFO is written in place.
 pub fn write_atomic_with<E>(
     path: &Path,
     write: impl FnOnce(&Path) -> std::result::Result<(), E>,
@@ -205,9 +209,18 @@ pub fn write_atomic_with<E>(
 where
     E: From<Error>,
 {
+    if is_special(path) {
+        return write(path);
+    }
     let tmp = partial_path(path);
     write(&tmp)?;
     std::fs::rename(&tmp, path).map_err(|e| E::from(Error::io(path, e)))
+}
+
+/// A device or a FIFO (`--out /dev/stdout`): written in place, since renaming a file over it would
+/// replace the device node (and there is no half-written file to guard against).
+fn is_special(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
 }
 
 /// The temporary name [`write_atomic`] writes `path` under.
@@ -228,6 +241,27 @@ pub fn is_partial(name: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::Value;
+
+    #[test]
+    fn a_device_is_written_in_place_not_replaced() {
+        use std::os::unix::fs::FileTypeExt;
+        let full = Path::new("/dev/full");
+        assert!(std::fs::metadata(full)
+            .unwrap()
+            .file_type()
+            .is_char_device());
+        let err = write_json(full, &serde_json::json!({"a": 1})).unwrap_err();
+        assert!(err.to_string().contains("No space left on device"), "{err}");
+        assert!(std::fs::metadata(full)
+            .unwrap()
+            .file_type()
+            .is_char_device());
+        write_atomic(Path::new("/dev/null"), b"x").unwrap();
+        assert!(std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device());
+    }
 
     fn tmp(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("mmedpo-journal-{}-{name}", std::process::id()));

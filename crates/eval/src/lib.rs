@@ -14,6 +14,9 @@
 //!   database files with nltk's `morphy`).
 //!
 //! Empty or punctuation-only predictions score 0 (the authors' report script crashes on them).
+//!
+//! Around them, [`protocol`]: the test-set reader, the report prompts drawn with CPython's
+//! `random` ([`pyrandom`]), the predictions file and the aggregation into [`protocol::Metrics`].
 #![deny(missing_docs)]
 
 pub mod bleu;
@@ -21,6 +24,8 @@ pub mod error;
 pub mod meteor;
 pub mod normalize;
 pub mod porter;
+pub mod protocol;
+pub mod pyrandom;
 pub mod rouge;
 pub mod vqa;
 pub mod wordnet;

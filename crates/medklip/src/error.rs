@@ -32,6 +32,17 @@ pub enum Error {
     /// The model returned tensors that do not fit the contract.
     #[error("MedKLIP output: {0}")]
     Output(String),
+    /// An input or progress file of the visual-pair stage is unusable.
+    #[error("{path}: {message}")]
+    Data {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Reading items, journals, manifests or writing outputs failed.
+    #[error(transparent)]
+    Core(#[from] mmedpo_core::Error),
 }
 
 /// Result alias.

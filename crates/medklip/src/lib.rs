@@ -6,7 +6,8 @@
 //! On top of it: the authors' heatmap (mean of the decoder layers' cross-attention for the query
 //! "disease", nearest ×16, OpenCV bilinear to the original size, OpenCV Gaussian blur 15×15,
 //! mask = blurred > mean − std) and confidence `softmax(logits[29])[1]` ([`heatmap`]), seeded
-//! localized noise ([`noise`]) and overlays for inspection ([`overlay`]).
+//! localized noise ([`noise`]) and overlays for inspection ([`overlay`]). [`stage`]: the whole
+//! visual-pair stage (items in, resumable folder of noised images and pairs out).
 
 #![deny(missing_docs)]
 
@@ -19,8 +20,10 @@ pub mod heatmap;
 pub mod model;
 pub mod noise;
 pub mod overlay;
+pub mod stage;
 
 pub use error::{Error, Result};
 pub use heatmap::{lesion_map, LesionMap};
 pub use model::{observation_index, Analysis, Medklip, OBSERVATIONS};
 pub use noise::{add_noise, NoiseMode};
+pub use stage::{make_visual_pairs, VisualReport, VisualSettings};

@@ -63,8 +63,8 @@ pub fn run(args: AssembleArgs) -> Result<()> {
             r
         })
         .collect();
-    std::fs::write(&args.out, serde_json::to_string_pretty(&out)?)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    // Whole or not at all: a killed run leaves no half file for the trainer to read.
+    mmedpo_core::journal::write_json(&args.out, &out)?;
     let visual = out.iter().filter(|r| r.rejected_image.is_some()).count();
     let mean = weights.iter().sum::<f64>() / weights.len().max(1) as f64;
     note!(

@@ -57,3 +57,11 @@ pub fn load_llava_checked<B: burn::tensor::backend::Backend>(
 pub fn side(out: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(format!("{}.{suffix}", out.display()))
 }
+
+/// How a stage over many items ended: the items that failed are not done (a rerun tries them
+/// again), so a caller that caches the stage's output must not mark it complete.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Items without a result.
+    pub failed: usize,
+}

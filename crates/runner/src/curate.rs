@@ -22,8 +22,8 @@ use mmedpo_lvlm::generate::generate_answers;
 use mmedpo_lvlm::LlavaForConditionalGeneration;
 use mmedpo_vision::AspectRatio;
 
-use crate::common::side;
 use crate::common::{load_llava_checked, load_tokenizer};
+use crate::common::{side, Outcome};
 use crate::relevance::{agent_input, parse_agent, LocalArgs};
 use crate::{with_backend, DeviceKind, Dtype};
 
@@ -154,11 +154,11 @@ impl<B: Backend> CandidateSampler for LlavaSampler<'_, B> {
 }
 
 /// Runs `mmedpo curate-text`.
-pub fn run(args: CurateArgs) -> Result<()> {
+pub fn run(args: CurateArgs) -> Result<Outcome> {
     with_backend!(args.device, |B, device| run_on::<B>(&args, &device))
 }
 
-fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<()> {
+fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<Outcome> {
     if args.n == 0 {
         bail!("--n must be at least 1");
     }
@@ -341,5 +341,7 @@ fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<()> {
             transcript_path.display()
         );
     }
-    Ok(())
+    Ok(Outcome {
+        failed: failed.len(),
+    })
 }

@@ -26,8 +26,8 @@ mod curate;
 mod eval;
 mod generate;
 mod merge;
+mod pipeline;
 mod plot;
-mod pyrandom;
 mod relevance;
 mod score;
 mod train;
@@ -68,6 +68,10 @@ enum Command {
     Merge(merge::MergeArgs),
     /// Merge text and visual pair files into one training file (weight mode applied, shuffled).
     Assemble(assemble::AssembleArgs),
+    /// Algorithm 1 from one config: text pairs → relevance → visual pairs → assemble → train →
+    /// evaluation of the base and the aligned model, each stage in its own folder, rerun only when
+    /// its inputs changed.
+    Pipeline(pipeline::PipelineArgs),
     /// Measure throughput (LLM prefill/decode tokens/s, matmul GFLOP/s, visual-pair images/s).
     Bench(bench::BenchArgs),
 }
@@ -150,6 +154,26 @@ impl std::io::Write for QuietStderr {
     }
 }
 
+/// Runs one subcommand; stages over many items say how many failed.
+fn dispatch(command: Command) -> Result<common::Outcome> {
+    let done = |r: Result<()>| r.map(|()| common::Outcome::default());
+    match command {
+        Command::Generate(args) => done(generate::run(args)),
+        Command::Score(args) => done(score::run(args)),
+        Command::Train(args) => done(train::run(args)),
+        Command::InitModel(args) => done(train::init_model(args)),
+        Command::Eval(args) => done(eval::run(args)),
+        Command::Metrics(args) => done(eval::metrics(args)),
+        Command::ScoreRelevance(args) => relevance::run(args),
+        Command::CurateText(args) => curate::run(args),
+        Command::Assemble(args) => done(assemble::run(args)),
+        Command::Merge(args) => done(merge::run(args)),
+        Command::VisualPairs(args) => visual::run(args),
+        Command::Pipeline(args) => done(pipeline::run(args)),
+        Command::Bench(args) => done(bench::run(args)),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -170,21 +194,7 @@ fn main() -> std::process::ExitCode {
         .with_target(false)
         .init();
     let cli = Cli::parse();
-    let result: Result<()> = match cli.command {
-        Command::Generate(args) => generate::run(args),
-        Command::Score(args) => score::run(args),
-        Command::Train(args) => train::run(args),
-        Command::InitModel(args) => train::init_model(args),
-        Command::Eval(args) => eval::run(args),
-        Command::Metrics(args) => eval::metrics(args),
-        Command::ScoreRelevance(args) => relevance::run(args),
-        Command::CurateText(args) => curate::run(args),
-        Command::Assemble(args) => assemble::run(args),
-        Command::Merge(args) => merge::run(args),
-        Command::VisualPairs(args) => visual::run(args),
-        Command::Bench(args) => bench::run(args),
-    };
-    match result {
+    match dispatch(cli.command).map(|_| ()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             note!("error: {e:#}");

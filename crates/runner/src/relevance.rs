@@ -24,7 +24,7 @@ use mmedpo_core::journal::{write_json, Journal};
 use mmedpo_core::manifest::Manifest;
 use mmedpo_core::record::RecordId;
 
-use crate::common::side;
+use crate::common::{side, Outcome};
 use crate::{with_backend, DeviceKind};
 
 /// Arguments of `mmedpo score-relevance`.
@@ -151,7 +151,7 @@ fn request(r: &PreferenceRecord) -> ScoreRequest {
 }
 
 /// Runs `mmedpo score-relevance`.
-pub fn run(args: RelevanceArgs) -> Result<()> {
+pub fn run(args: RelevanceArgs) -> Result<Outcome> {
     let records = read_records(&args.data)?;
     let mut specs = args.agents.clone();
     if let Some(f) = &args.agents_file {
@@ -346,7 +346,9 @@ pub fn run(args: RelevanceArgs) -> Result<()> {
             failed[0].1
         );
     }
-    Ok(())
+    Ok(Outcome {
+        failed: failed.len(),
+    })
 }
 
 /// Adds an agent to a manifest: an API agent's model name, a `local=DIR` agent's weights.

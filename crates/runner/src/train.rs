@@ -169,6 +169,9 @@ pub struct TrainArgs {
     /// Output folder (adapter, log, plot, checkpoints).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Conversation template (vicuna_v1 for LLaVA-Med v1.5).
+    #[arg(long)]
+    template: Option<String>,
     /// Optimizer steps.
     #[arg(long)]
     max_steps: Option<usize>,
@@ -375,6 +378,9 @@ pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(v) = &args.out {
         set(&["out"], path_value(v));
+    }
+    if let Some(v) = &args.template {
+        set(&["template"], toml::Value::String(v.clone()));
     }
     if let Some(v) = args.max_steps {
         set(&["optim", "max_steps"], toml::Value::Integer(v as i64));

@@ -465,3 +465,21 @@ fn two_processes_on_one_out_leave_one_writer() {
         "the two processes never overlapped: the lock went untested"
     );
 }
+
+/// `mmedpo pipeline` killed anywhere in Algorithm 1 (curation, scoring, visual pairs, training,
+/// evaluation) and run again ends with the files of an uninterrupted run, stamps included.
+#[test]
+fn pipeline_killed_and_resumed_writes_the_same_files() {
+    let dir = tmp("k9-pipeline");
+    let file = common::pipeline_file(&dir, "k9-pipeline", "max_new_tokens = 6");
+    let out = dir.join("out");
+    let args = s(&["pipeline", "--config", file.to_str().unwrap()]);
+    let landed = killed_runs_resume_to_the_same_files(
+        "pipeline",
+        &out,
+        &args,
+        &[],
+        &["progress.jsonl", "transcripts.jsonl"],
+    );
+    assert!(landed >= 4, "only {landed} of 6 kills landed mid-run");
+}

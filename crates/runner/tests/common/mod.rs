@@ -126,3 +126,71 @@ pub fn tiny_llava(name: &str) -> PathBuf {
     .unwrap();
     dir
 }
+
+/// Three items (image, question, ground truth) on the shipped scans.
+pub fn pipeline_items(dir: &Path) -> PathBuf {
+    let v = serde_json::json!([
+        {"id": 1, "image": "chest-xray-pa-nodules.png", "conversations": [
+            {"from": "human", "value": "<image>\nAre there nodules in the lungs?"}, {"from": "gpt", "value": "Yes"}]},
+        {"id": 2, "image": "ct-small.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat organ is shown?"}, {"from": "gpt", "value": "Liver"}]},
+        {"id": 3, "image": "mr-small.png", "conversations": [
+            {"from": "human", "value": "<image>\nIs this an MRI?"}, {"from": "gpt", "value": "Yes"}]},
+    ]);
+    let p = dir.join("items.json");
+    std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+    p
+}
+
+/// A `mmedpo pipeline` file in `dir` with every stage on (a local judge, two local agents, 4
+/// training steps), its output in `dir/out`; `extra_eval` is added to `[eval]`.
+pub fn pipeline_file(dir: &Path, name: &str, extra_eval: &str) -> PathBuf {
+    let llava = tiny_llava(&format!("{name}-llava"));
+    let judge = chain_llm(
+        &format!("{name}-judge"),
+        r#"{"write": "Multiple cavitating masses."}"#,
+    );
+    let a = chain_llm(&format!("{name}-agent-a"), r#"{"score": 0.7}"#);
+    let b = chain_llm(&format!("{name}-agent-b"), "0.7");
+    let r = root();
+    let text = format!(
+        r#"out = "out"
+model = "{llava}"
+data = "{items}"
+image_root = "{r}/data/images"
+test = "{r}/data/default/vqa_test.json"
+task = "vqa"
+
+[text]
+judge = "local={judge}"
+n = 2
+max_new_tokens = 4
+local_template = "mistral"
+
+[relevance]
+agent = ["local={a}", "local={b}"]
+local_template = "mistral"
+
+[visual]
+batch_size = 2
+
+[train]
+config = "{r}/models/tiny-llava/train.toml"
+max_steps = 4
+save_steps = 2
+
+[eval]
+temperature = 0
+{extra_eval}
+"#,
+        llava = llava.display(),
+        items = pipeline_items(dir).display(),
+        r = r.display(),
+        judge = judge.display(),
+        a = a.display(),
+        b = b.display(),
+    );
+    let p = dir.join("pipeline.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}

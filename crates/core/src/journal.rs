@@ -223,6 +223,11 @@ fn is_special(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
 }
 
+/// `OUT.suffix`: a file kept beside an output file (its journals, manifest, transcripts).
+pub fn side(out: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}.{suffix}", out.display()))
+}
+
 /// The temporary name [`write_atomic`] writes `path` under.
 pub fn partial_path(path: &Path) -> PathBuf {
     let name = path

@@ -1,6 +1,6 @@
 //! Helpers the subcommands share: finding the tokenizer, checking it against the model.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Result};
 use mmedpo_llm::Tokenizer;
@@ -53,10 +53,7 @@ pub fn load_llava_checked<B: burn::tensor::backend::Backend>(
     Ok(llava)
 }
 
-/// `OUT.suffix`: a file kept beside an output file.
-pub fn side(out: &Path, suffix: &str) -> PathBuf {
-    PathBuf::from(format!("{}.{suffix}", out.display()))
-}
+pub use mmedpo_core::journal::side;
 
 /// How a stage over many items ended: the items that failed are not done (a rerun tries them
 /// again), so a caller that caches the stage's output must not mark it complete.

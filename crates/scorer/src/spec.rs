@@ -112,7 +112,7 @@ impl AgentSpec {
                 Ok(Box::new(agent))
             }
             AgentSpec::OpenAi { base_url, model } => {
-                if !(http.timeout.as_secs_f64() > 0.0) {
+                if http.timeout.is_zero() {
                     return Err(Error::Setting(format!(
                         "timeout {} s: must be a number of seconds > 0",
                         http.timeout.as_secs_f64()

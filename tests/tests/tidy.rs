@@ -36,6 +36,8 @@ const ALLOWED_EDGES: &[(&str, &str)] = &[
     ("dpo", "llm"),
     ("curation", "core"),
     ("curation", "scorer"),
+    ("curation", "llm"),
+    ("curation", "lvlm"),
     ("scorer", "core"),
     ("scorer", "llm"),
     ("medklip", "core"),

@@ -7,14 +7,21 @@
 //! hallucination. The pair is chosen = ground truth, rejected = that answer, same image; its
 //! clinical-relevance weight is set afterwards by the multi-agent scorer.
 //!
-//! The crate knows nothing of models: the sampler and the judge are traits, so the same code runs
-//! with LLaVA-Med on a GPU, a vLLM server, or scripted test doubles.
+//! The stage ([`stage::curate_text`]: resumable, item by item) knows nothing of models: the
+//! sampler and the judge are traits, so the same code runs with LLaVA-Med on a GPU, a vLLM server,
+//! or scripted test doubles; [`llava::LlavaSampler`] is the target LLaVA as a sampler.
 
 #![deny(missing_docs)]
 
+pub mod error;
 pub mod judge;
+pub mod llava;
+pub mod stage;
 
+pub use error::{Error, Result};
 pub use judge::{judge, parse_verdict, JudgePrompts, JudgeTurn, Outcome, Verdict};
+pub use llava::LlavaSampler;
+pub use stage::{curate_text, CurateReport, CurateSettings};
 
 use mmedpo_core::record::{PreferenceRecord, Turn};
 

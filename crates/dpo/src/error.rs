@@ -35,6 +35,9 @@ pub enum Error {
     /// A bad training setting.
     #[error("invalid training setting: {0}")]
     Setting(String),
+    /// A configuration file that cannot be used (the message names the file, line and key).
+    #[error("{0}")]
+    Config(String),
     /// Data-parallel training: another device's replica stopped at this step (its own error is
     /// the one reported), so this one stops too.
     #[error("step {step}: another device's replica stopped (its error is reported); rank {rank} stops too")]

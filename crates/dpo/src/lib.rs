@@ -7,9 +7,11 @@
 //! Read top to bottom: [`data`] (files → validated pairs, weights, seeded order) → [`loss`] (pure
 //! DPO loss) → [`optim`] (AdamW, schedule, clipping as PyTorch/transformers) → [`train`] (the loop,
 //! checkpoints, resume, step logs; data-parallel over devices with `parallel`). Pair batching (`[chosen…; rejected…]` rows, right padding) and
-//! the summed response log-probs are `mmedpo_lvlm::score::pair_logps`.
+//! the summed response log-probs are `mmedpo_lvlm::score::pair_logps`. [`config`]: the training
+//! configuration file (one serde schema, defaults, errors naming file, line and key).
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod data;
 pub mod error;
 pub mod loss;
@@ -17,5 +19,6 @@ pub mod optim;
 pub mod parallel;
 pub mod train;
 
+pub use config::TrainConfig;
 pub use error::{Error, Result};
 pub use train::{train, train_on_devices, Reference, StepLog, TrainSettings, TrainSummary};

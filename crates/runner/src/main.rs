@@ -85,6 +85,16 @@ pub enum DeviceKind {
     Cuda,
 }
 
+impl DeviceKind {
+    /// The name used on the command line and in files (`cpu`, `cuda`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+        }
+    }
+}
+
 /// Compute dtype of a model: the dtype its frozen weights are held and multiplied in. Adapters
 /// (and a trained projector) stay f32, as do log-softmax, log-prob sums, losses and sampling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -403,7 +403,7 @@ fn a_bad_value_in_a_config_file_is_reported_at_its_line() {
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(
-        e.contains("[dpo] weight_mode (from a flag)") && e.contains("bogus"),
+        e.contains("--weight-mode bogus: expected raw, paper or none"),
         "{e}"
     );
 }

@@ -937,6 +937,26 @@ pub fn run(args: PipelineArgs) -> Result<()> {
         &c.out.join("summary.json"),
         &serde_json::json!({"task": c.task, "base": base, "mmedpo": aligned, "stages": stamps}),
     )?;
+    let values = |m: &serde_json::Value| -> Vec<Option<f64>> {
+        metric_keys(&c.task)
+            .iter()
+            .map(|k| m[*k].as_f64())
+            .collect()
+    };
+    let png = c.out.join("summary.png");
+    let bars = [
+        ("base".to_string(), values(&base)),
+        ("MMedPO".to_string(), values(&aligned)),
+    ];
+    match crate::plot::plot_metric_bars(
+        metric_keys(&c.task),
+        &bars,
+        "base vs MMedPO (test set)",
+        &png,
+    ) {
+        Ok(()) => note!("plot: {}", png.display()),
+        Err(e) => tracing::warn!("no comparison plot: {e:#}"),
+    }
     if args.ablations {
         let mut rows = vec![
             ("base".to_string(), base.clone()),
@@ -962,6 +982,13 @@ pub fn run(args: PipelineArgs) -> Result<()> {
                     .collect::<Vec<_>>()
                     .join(" | ")
             ));
+        }
+        let bars: Vec<(String, Vec<Option<f64>>)> =
+            rows.iter().map(|(n, m)| (n.clone(), values(m))).collect();
+        let png = c.out.join("ablations.png");
+        match crate::plot::plot_metric_bars(keys, &bars, "ablations (test set)", &png) {
+            Ok(()) => note!("plot: {}", png.display()),
+            Err(e) => tracing::warn!("no ablation plot: {e:#}"),
         }
         std::fs::write(c.out.join("ablations.md"), &t)
             .with_context(|| format!("writing {}", c.out.join("ablations.md").display()))?;

@@ -1,4 +1,5 @@
-//! The end-of-training plot: loss and reward margin per step, one PNG (plotters, bitmap backend).
+//! The plots (plotters, bitmap backend): loss and reward margin per step, the relevance-score
+//! histogram, and metric bars (the pipeline's base / MMedPO comparison and ablations).
 //!
 //! Text needs a TrueType font; DejaVu Sans is read from the system (`MMEDPO_PLOT_FONT` overrides).
 //! Without one the curves are still drawn, unlabelled, and a warning says so.
@@ -145,6 +146,98 @@ pub fn plot_score_histogram(counts: &[usize; 11], title: &str, path: &Path) -> R
             )
         }))
         .map_err(|e| anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// Grouped bars: one group per metric, one bar per row (`(name, values)`, values ×100 or `None`
+/// for a metric without items), into `path` (PNG, 200 px per group + legend).
+pub fn plot_metric_bars(
+    metrics: &[&str],
+    rows: &[(String, Vec<Option<f64>>)],
+    title: &str,
+    path: &Path,
+) -> Result<()> {
+    const COLORS: [RGBColor; 8] = [
+        RGBColor(127, 127, 127),
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+    ];
+    let text = register_font();
+    let width = (160 * metrics.len() as u32 + 260).max(600);
+    let root = BitMapBackend::new(path, (width, 450)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let top = rows
+        .iter()
+        .flat_map(|(_, v)| v.iter().flatten())
+        .fold(1.0f64, |a, &b| a.max(b));
+    let mut builder = ChartBuilder::on(&root);
+    builder
+        .margin(15)
+        .x_label_area_size(if text { 40 } else { 5 })
+        .y_label_area_size(if text { 50 } else { 5 });
+    if text {
+        builder.caption(title, ("sans-serif", 22));
+    }
+    let n = metrics.len().max(1) as f64;
+    // Headroom above the bars for the legend (a row per bar).
+    let headroom = 1.15 + 0.09 * rows.len() as f64;
+    let mut chart = builder
+        .build_cartesian_2d(0f64..n, 0f64..top * headroom)
+        .map_err(|e| anyhow!("{e}"))?;
+    if text {
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(metrics.len() * 2 + 1)
+            .x_label_formatter(&|x| {
+                let i = x.floor() as usize;
+                if (x - i as f64 - 0.5).abs() < 1e-6 && i < metrics.len() {
+                    metrics[i].to_string()
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc("score (×100)")
+            .y_label_formatter(&|y| {
+                if *y <= top * 1.05 {
+                    format!("{y:.0}")
+                } else {
+                    String::new()
+                }
+            })
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    let w = 0.8 / rows.len().max(1) as f64;
+    for (r, (name, values)) in rows.iter().enumerate() {
+        let color = COLORS[r % COLORS.len()];
+        let series = chart
+            .draw_series(values.iter().enumerate().filter_map(|(m, v)| {
+                let x = m as f64 + 0.1 + r as f64 * w;
+                v.map(|v| Rectangle::new([(x, 0.0), (x + w * 0.9, v)], color.filled()))
+            }))
+            .map_err(|e| anyhow!("{e}"))?;
+        if text {
+            series.label(name.as_str()).legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
+            });
+        }
+    }
+    if text {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+    }
     root.present().map_err(|e| anyhow!("{e}"))?;
     Ok(())
 }

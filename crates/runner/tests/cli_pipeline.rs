@@ -67,6 +67,8 @@ fn pipeline_runs_every_stage_and_reruns_only_what_changed() {
             assert!(summary[side][k].is_number(), "{side}.{k}: {summary}");
         }
     }
+    let png = std::fs::read(out.join("summary.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "summary.png is a PNG");
     let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
     assert!(md.starts_with("| metric | base | MMedPO | Δ |"), "{md}");
 
@@ -116,6 +118,9 @@ fn pipeline_runs_every_stage_and_reruns_only_what_changed() {
     ] {
         assert!(table.contains(row), "{row} in\n{table}");
     }
+    assert!(std::fs::read(out.join("ablations.png"))
+        .unwrap()
+        .starts_with(b"\x89PNG"));
     let one = out.join("ablations/stage-1-text-one-agent");
     assert!(one.join("relevance/done.json").is_file());
     let global = std::fs::read_to_string(

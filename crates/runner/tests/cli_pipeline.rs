@@ -19,6 +19,17 @@ fn run(file: &Path, extra: &[&str]) -> String {
     e
 }
 
+/// Every stage, in order.
+const STAGES: [&str; 7] = [
+    "text",
+    "relevance",
+    "visual",
+    "assemble",
+    "train",
+    "eval-base",
+    "eval",
+];
+
 fn line<'a>(log: &'a str, stage: &str) -> &'a str {
     log.lines()
         .find(|l| l.starts_with(&format!("[{stage}]")))
@@ -31,15 +42,7 @@ fn pipeline_runs_every_stage_and_reruns_only_what_changed() {
     let file = pipeline_file(&dir, "pipeline", "max_new_tokens = 6");
     let out = dir.join("out");
     let first = run(&file, &[]);
-    for stage in [
-        "text",
-        "relevance",
-        "visual",
-        "assemble",
-        "train",
-        "eval-base",
-        "eval",
-    ] {
+    for stage in STAGES {
         assert!(line(&first, stage).contains("running in"), "{first}");
         assert!(out.join(stage).join("done.json").is_file(), "{stage}");
     }
@@ -74,15 +77,7 @@ fn pipeline_runs_every_stage_and_reruns_only_what_changed() {
 
     // Nothing changed: every stage is skipped.
     let again = run(&file, &[]);
-    for stage in [
-        "text",
-        "relevance",
-        "visual",
-        "assemble",
-        "train",
-        "eval-base",
-        "eval",
-    ] {
+    for stage in STAGES {
         assert!(line(&again, stage).contains("current, skipped"), "{again}");
     }
     // One setting of the evaluation changed: only the evaluations rerun, saying what changed.

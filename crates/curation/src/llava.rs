@@ -5,16 +5,15 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use mmedpo_core::record::fingerprint_u64;
-use mmedpo_llm::{GenerationConfig, Sampling, Template, Tokenizer};
+use mmedpo_llm::{GenerationConfig, Sampling, Template};
 use mmedpo_lvlm::generate::generate_answers;
-use mmedpo_lvlm::LoadedLlava;
+use mmedpo_lvlm::OpenLlava;
 
 use crate::{CandidateSampler, Item};
 
 /// A LLaVA drawing candidate answers.
 pub struct LlavaSampler<'a, B: Backend> {
-    llava: &'a LoadedLlava<B>,
-    tokenizer: &'a Tokenizer,
+    llava: &'a OpenLlava<B>,
     template: Template,
     image_root: &'a Path,
     config: GenerationConfig,
@@ -26,10 +25,8 @@ pub struct LlavaSampler<'a, B: Backend> {
 impl<'a, B: Backend> LlavaSampler<'a, B> {
     /// Answers of at most `max_new_tokens`, drawn at `temperature` with nucleus `top_p`, with the
     /// conversation `template`; images are read from `image_root`.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        llava: &'a LoadedLlava<B>,
-        tokenizer: &'a Tokenizer,
+        llava: &'a OpenLlava<B>,
         template: Template,
         image_root: &'a Path,
         max_new_tokens: usize,
@@ -39,7 +36,6 @@ impl<'a, B: Backend> LlavaSampler<'a, B> {
     ) -> Self {
         Self {
             llava,
-            tokenizer,
             template,
             image_root,
             config: GenerationConfig {
@@ -63,12 +59,7 @@ pub fn item_seed(seed: u64, id: &str) -> u64 {
 
 impl<B: Backend> CandidateSampler for LlavaSampler<'_, B> {
     fn sample(&mut self, items: &[Item], n: usize, seed: u64) -> Result<Vec<Vec<String>>, String> {
-        let image_size = self
-            .llava
-            .config
-            .vision
-            .as_ref()
-            .map_or(336, |v| v.image_size) as u32;
+        let image_size = self.llava.image_size();
         let mut all = Vec::with_capacity(items.len());
         for item in items {
             let path = self.image_root.join(&item.image);
@@ -84,7 +75,7 @@ impl<B: Backend> CandidateSampler for LlavaSampler<'_, B> {
             };
             let out = generate_answers(
                 &self.llava.model,
-                self.tokenizer,
+                &self.llava.tokenizer,
                 self.template,
                 &batch,
                 self.llava.config.aspect,
@@ -96,7 +87,12 @@ impl<B: Backend> CandidateSampler for LlavaSampler<'_, B> {
             let texts = out
                 .tokens
                 .iter()
-                .map(|t| self.tokenizer.decode(t, true).map(|s| s.trim().to_string()))
+                .map(|t| {
+                    self.llava
+                        .tokenizer
+                        .decode(t, true)
+                        .map(|s| s.trim().to_string())
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
             all.push(texts);

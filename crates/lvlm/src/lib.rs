@@ -8,7 +8,8 @@
 //! * [`llava`]: the model; `prepare` splices image features like LLaVA's
 //!   `prepare_inputs_labels_for_multimodal`; [`llava::sequence_logps`] sums response log-probs.
 //! * [`prompt`]: `tokenizer_image_token`, templates, `preprocess_v1` label masking.
-//! * [`loader`]: strict loading with a report. [`score`]: log π(y|x) of preference pairs.
+//! * [`loader`]: strict loading with a report; [`open()`]: a model with its tokenizer, checked.
+//!   [`score`]: log π(y|x) of preference pairs.
 //! * [`generate`]: answers for (image, question) prompts. [`adapter`]: LoRA on the LLM, PEFT layout.
 //! * [`merge`]: a LoRA adapter merged into the checkpoint, written in the input's layout.
 #![deny(missing_docs)]
@@ -20,6 +21,7 @@ pub mod generate;
 pub mod llava;
 pub mod loader;
 pub mod merge;
+pub mod open;
 pub mod prompt;
 pub mod score;
 
@@ -29,3 +31,4 @@ pub use llava::{LlavaForConditionalGeneration, MultimodalInputs, Sequence};
 pub use loader::save_llava;
 pub use loader::{load_llava, load_llava_as, LoadedLlava};
 pub use mmedpo_llm::Tokenizer;
+pub use open::{open, OpenLlava};

@@ -13,7 +13,7 @@ use mmedpo_curation::stage::read_curation_items;
 use mmedpo_curation::{curate_text, CurateSettings, JudgePrompts, LlavaSampler};
 use mmedpo_llm::Template;
 
-use crate::common::{load_llava_checked, load_tokenizer, Outcome};
+use crate::common::Outcome;
 use crate::relevance::{agent_input, parse_agent, LocalArgs};
 use crate::{with_backend, DeviceKind, Dtype};
 
@@ -110,17 +110,15 @@ fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<Outcome> 
         false,
         &args.local,
     )?;
-    let tokenizer = load_tokenizer(&args.model, args.tokenizer.as_deref())?;
-    let llava = load_llava_checked::<B>(
+    let llava = mmedpo_lvlm::open::<B>(
         &args.model,
         args.vision_tower.as_deref(),
-        &tokenizer,
+        args.tokenizer.as_deref(),
         device,
         args.dtype.burn(),
     )?;
     let mut sampler = LlavaSampler::new(
         &llava,
-        &tokenizer,
         Template::from_name(&args.template)?,
         &args.image_root,
         args.max_new_tokens,

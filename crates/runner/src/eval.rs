@@ -13,7 +13,6 @@ use mmedpo_eval::protocol::{read_predictions, read_test_set, score, Prediction, 
 use mmedpo_llm::{GenerationConfig, Sampling, Template};
 use mmedpo_lvlm::generate::generate_answers;
 
-use crate::common::{load_llava_checked, load_tokenizer};
 use crate::{with_backend, DeviceKind, Dtype};
 
 /// Arguments of `mmedpo metrics`.
@@ -150,18 +149,18 @@ fn run_on<B: Backend>(args: &EvalArgs, device: &B::Device) -> Result<()> {
         .enumerate()
         .filter(|(_, it)| !RecordId::from_json(&it.id).is_some_and(|id| journal.contains(&id)))
         .collect();
-    let tokenizer = load_tokenizer(model_dir, args.tokenizer.as_deref())?;
-    let mut llava = load_llava_checked::<B>(
+    let mut llava = mmedpo_lvlm::open::<B>(
         model_dir,
         args.vision_tower.as_deref(),
-        &tokenizer,
+        args.tokenizer.as_deref(),
         device,
         args.dtype.burn(),
     )?;
+    let tokenizer = &llava.tokenizer;
     if let Some(a) = &args.adapter {
         llava.model.load_adapter(a, device)?;
     }
-    let size = llava.config.vision.as_ref().map_or(336, |v| v.image_size) as u32;
+    let size = llava.image_size();
     let bar = ProgressBar::new(items.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} answers {per_sec} eta {eta}")
@@ -214,7 +213,7 @@ fn run_on<B: Backend>(args: &EvalArgs, device: &B::Device) -> Result<()> {
         };
         let gen = generate_answers(
             &llava.model,
-            &tokenizer,
+            tokenizer,
             template,
             &qs,
             llava.config.aspect,

@@ -9,7 +9,7 @@ use mmedpo_llm::generate::generate;
 use mmedpo_llm::{load_llm_as, Generation, GenerationConfig, Sampling, Template, Tokenizer};
 use mmedpo_lvlm::generate::generate_answers;
 
-use crate::common::{check_vocab, load_llava_checked, load_tokenizer};
+use crate::common::{check_vocab, load_tokenizer};
 
 use crate::{with_backend, DeviceKind, Dtype};
 
@@ -73,7 +73,6 @@ fn run_on<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
         .as_deref()
         .map(Template::from_name)
         .transpose()?;
-    let tokenizer = load_tokenizer(&args.model, args.tokenizer.as_deref())?;
     let sampling = match args.temperature {
         None => Sampling::Greedy,
         Some(temperature) => Sampling::Sample {
@@ -83,25 +82,26 @@ fn run_on<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
         },
     };
     if let Some(image) = &args.image {
-        let llava = load_llava_checked::<B>(
+        let llava = mmedpo_lvlm::open::<B>(
             &args.model,
             args.vision_tower.as_deref(),
-            &tokenizer,
+            args.tokenizer.as_deref(),
             device,
             args.dtype.burn(),
         )?;
+        let tokenizer = &llava.tokenizer;
         let config = GenerationConfig {
             max_new_tokens: args.max_new_tokens,
             sampling,
             eos_token_ids: llava.config.text.eos_token_ids.clone(),
             pad_token_id: llava.config.text.pad_token_id,
         };
-        let size = llava.config.vision.as_ref().map_or(336, |v| v.image_size) as u32;
+        let size = llava.image_size();
         let items = [(image.as_path(), args.prompt.as_str())];
         let template = template.unwrap_or(Template::VicunaV1);
         let out = generate_answers(
             &llava.model,
-            &tokenizer,
+            tokenizer,
             template,
             &items,
             llava.config.aspect,
@@ -109,8 +109,9 @@ fn run_on<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
             &config,
             device,
         )?;
-        return print_result(&tokenizer, &out, args.json);
+        return print_result(tokenizer, &out, args.json);
     }
+    let tokenizer = load_tokenizer(&args.model, args.tokenizer.as_deref())?;
     let llm = load_llm_as::<B>(&args.model, device, args.dtype.burn())
         .with_context(|| format!("loading {}", args.model.display()))?;
     check_vocab(&tokenizer, llm.config.vocab_size, &args.model)?;

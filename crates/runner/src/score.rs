@@ -12,10 +12,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mmedpo_core::journal::{write_atomic, write_json, Journal};
 use mmedpo_core::record::{read_records_lenient, PreferenceRecord};
 use mmedpo_llm::Template;
-use mmedpo_lvlm::load_llava_as;
-use mmedpo_lvlm::score::{prepare_pair, score_pairs, PairScore, PairSettings, ScoreMeta};
+use mmedpo_lvlm::score::{prepare_pair, score_pairs, PairScore, ScoreMeta};
 
-use crate::common::load_tokenizer;
 use crate::{with_backend, DeviceKind, Dtype};
 
 /// Arguments of `mmedpo score`.
@@ -135,24 +133,18 @@ fn run_on<B: Backend>(args: &ScoreArgs, device: &B::Device) -> Result<()> {
         "scoring"
     );
 
-    let tokenizer = load_tokenizer(&args.model, args.tokenizer.as_deref())?;
-    let mut llava = load_llava_as::<B>(
+    let mut llava = mmedpo_lvlm::open::<B>(
         &args.model,
         args.vision_tower.as_deref(),
+        args.tokenizer.as_deref(),
         device,
         args.dtype.burn(),
     )?;
     if let Some(adapter) = &args.adapter {
         llava.model.load_adapter(adapter, device)?;
     }
-    crate::common::check_vocab(&tokenizer, llava.config.text.vocab_size, &args.model)?;
-    let image_size = llava.config.vision.as_ref().map_or(336, |v| v.image_size) as u32;
-    let settings = PairSettings {
-        template,
-        image_root: args.image_root.clone(),
-        aspect: llava.config.aspect,
-        image_size,
-    };
+    let settings = llava.pairs(template, &args.image_root);
+    let tokenizer = &llava.tokenizer;
 
     let bar = ProgressBar::new(todo.len() as u64);
     bar.set_style(
@@ -162,7 +154,7 @@ fn run_on<B: Backend>(args: &ScoreArgs, device: &B::Device) -> Result<()> {
     for chunk in todo.chunks(args.batch_size.max(1)) {
         let mut prepared = Vec::with_capacity(chunk.len());
         for r in chunk {
-            match prepare_pair(&tokenizer, &settings, r) {
+            match prepare_pair(tokenizer, &settings, r) {
                 Ok(p) => prepared.push(p),
                 Err(e) if args.skip_bad => {
                     rejects.push(serde_json::json!({"id": r.id, "error": e.to_string()}))
@@ -171,7 +163,12 @@ fn run_on<B: Backend>(args: &ScoreArgs, device: &B::Device) -> Result<()> {
             }
         }
         if !prepared.is_empty() {
-            for s in score_pairs(&llava.model, &prepared, image_size as usize, device)? {
+            for s in score_pairs(
+                &llava.model,
+                &prepared,
+                settings.image_size as usize,
+                device,
+            )? {
                 out.append(s)?;
             }
         }

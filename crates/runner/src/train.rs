@@ -14,10 +14,10 @@ use mmedpo_dpo::data::load_records;
 use mmedpo_dpo::{train_on_devices, TrainConfig};
 use mmedpo_llm::Template;
 use mmedpo_lvlm::score::{PairSettings, ScoreMeta};
-use mmedpo_lvlm::{load_llava_as, save_llava, Layout, LlavaConfig};
+use mmedpo_lvlm::{save_llava, Layout, LlavaConfig};
 use mmedpo_vision::preprocess::AspectRatio;
 
-use crate::common::{check_vocab, load_tokenizer};
+use crate::common::check_vocab;
 use crate::{DeviceKind, Dtype};
 
 /// Arguments of `mmedpo train` (each overrides the config file).
@@ -290,24 +290,21 @@ fn run_on<B: AutodiffBackend>(
     let template = Template::from_name(&config.template)?;
     // Hyperparameters are checked before anything is read or loaded (the image settings and the
     // layout, which only the model knows, play no part in the check).
-    let pairs = |aspect, image_size| PairSettings {
+    let unloaded = PairSettings {
         template,
         image_root: config.image_root.clone(),
-        aspect,
-        image_size,
+        aspect: AspectRatio::Pad,
+        image_size: 336,
     };
-    config
-        .settings(pairs(AspectRatio::Pad, 336), Layout::Hf)
-        .validate()?;
+    config.settings(unloaded, Layout::Hf).validate()?;
     let records = load_records(&config.data)?;
-    let tokenizer = load_tokenizer(&config.model, config.tokenizer.as_deref())?;
-    let loaded = load_llava_as::<B>(
+    let loaded = mmedpo_lvlm::open::<B>(
         &config.model,
         config.vision_tower.as_deref(),
+        config.tokenizer.as_deref(),
         device,
         dtype.burn(),
     )?;
-    check_vocab(&tokenizer, loaded.config.text.vocab_size, &config.model)?;
     let meta = match config.dpo.reference.as_str() {
         "adapter-off" => None,
         _ => Some(ScoreMeta {
@@ -325,9 +322,8 @@ fn run_on<B: AutodiffBackend>(
             )?
         }),
     };
-    let image_size = loaded.config.vision.as_ref().map_or(336, |v| v.image_size) as u32;
     let settings = config.settings(
-        pairs(loaded.config.aspect, image_size),
+        loaded.pairs(template, &config.image_root),
         loaded.config.layout,
     );
     let bar = ProgressBar::new(0);
@@ -344,7 +340,7 @@ fn run_on<B: AutodiffBackend>(
     );
     let summary = train_on_devices(
         loaded.model,
-        &tokenizer,
+        &loaded.tokenizer,
         &records,
         meta.as_ref(),
         &settings,

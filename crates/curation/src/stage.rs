@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use mmedpo_core::journal::{side, write_json, Journal};
 use mmedpo_core::manifest::{Manifest, OutLock};
-use mmedpo_core::record::{fingerprint, read_items, RecordId};
+use mmedpo_core::record::{fingerprint, read_items, PreferenceRecord, RecordId};
 use mmedpo_scorer::Agent;
 
 use crate::error::{Error, Result};
@@ -53,9 +53,17 @@ pub struct CurateReport {
 /// The items of `data` that curation can use: each with a question and a ground truth, its image
 /// present under `image_root`.
 pub fn read_curation_items(data: &Path, image_root: &Path) -> Result<Vec<Item>> {
-    let records = read_items(data)?;
+    curation_items(&read_items(data)?, data, image_root)
+}
+
+/// [`read_curation_items`] of records already read from `data`.
+fn curation_items(
+    records: &[PreferenceRecord],
+    data: &Path,
+    image_root: &Path,
+) -> Result<Vec<Item>> {
     let mut items = Vec::with_capacity(records.len());
-    for r in &records {
+    for r in records {
         let it = Item::from_record(r).ok_or_else(|| Error::Data {
             path: data.to_path_buf(),
             message: format!("item {}: no question or no ground truth", r.id),
@@ -92,7 +100,7 @@ pub fn curate_text(
         return Err(Error::Setting("n must be at least 1".into()));
     }
     let records = read_items(data)?;
-    let items = read_curation_items(data, image_root)?;
+    let items = curation_items(&records, data, image_root)?;
     let _lock = OutLock::acquire(out)?;
     let (progress_path, transcript_path) =
         (side(out, "progress.jsonl"), side(out, "transcripts.jsonl"));

@@ -254,9 +254,14 @@ fn rebase(section: &mut toml::Table, folder: &Path) {
     }
 }
 
+/// `[visual] enabled` (default true).
+fn visual_enabled(c: &PipelineConfig) -> bool {
+    c.visual.get("enabled").and_then(|v| v.as_bool()) != Some(false)
+}
+
 /// `[assemble] use`: which pairs are trained on (default: text, and visual unless disabled).
 fn uses(c: &PipelineConfig) -> std::result::Result<BTreeSet<String>, String> {
-    let visual_on = c.visual.get("enabled").and_then(|v| v.as_bool()) != Some(false);
+    let visual_on = visual_enabled(c);
     match c.assemble.get("use") {
         None => Ok(if visual_on {
             ["text", "visual"].map(String::from).into()
@@ -847,7 +852,7 @@ fn presets(c: &PipelineConfig) -> Vec<(&'static str, PipelineConfig)> {
         edit(&mut v);
         v
     };
-    let visual_on = c.visual.get("enabled").and_then(|v| v.as_bool()) != Some(false);
+    let visual_on = visual_enabled(c);
     let mut out = vec![
         (
             "stage 1 (text), no weights",

@@ -32,14 +32,18 @@ use crate::error::{Error, Result};
 use crate::loss::{dpo_loss, LossType};
 use crate::optim::{clip_factor, load_moments, lr_at, save_moments, warmup_steps, AdamW, Moments};
 
-/// Where reference log-probs come from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Reference {
-    /// The policy with its adapters switched off (MMedPO's code).
-    AdapterOff,
-    /// A `mmedpo score` JSONL file of the base model (checked against its `.meta.json`).
-    File(PathBuf),
-}
+mod checkpoint;
+mod metrics;
+mod parameters;
+mod reference;
+
+pub(crate) use checkpoint::*;
+pub(crate) use metrics::*;
+pub use metrics::{Phases, StepLog};
+pub(crate) use parameters::*;
+pub use parameters::{materialize, optimizer_step, replica, trainable_sizes};
+pub use reference::Reference;
+pub(crate) use reference::*;
 
 /// Everything the loop needs besides model and data.
 #[derive(Debug, Clone)]
@@ -138,47 +142,6 @@ impl TrainSettings {
     }
 }
 
-/// One optimizer step's metrics, with TRL's names.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepLog {
-    /// 1-based optimizer step.
-    pub step: usize,
-    /// Fractional epoch at the end of the step.
-    pub epoch: f64,
-    /// Weighted DPO loss (mean over the step's micro-batches).
-    pub loss: f64,
-    /// Mean β(log π − log π_ref) of the chosen answers.
-    #[serde(rename = "rewards/chosen")]
-    pub rewards_chosen: f64,
-    /// Same for the rejected answers.
-    #[serde(rename = "rewards/rejected")]
-    pub rewards_rejected: f64,
-    /// Share of pairs with chosen reward > rejected reward.
-    #[serde(rename = "rewards/accuracies")]
-    pub rewards_accuracies: f64,
-    /// Mean reward margin.
-    #[serde(rename = "rewards/margins")]
-    pub rewards_margins: f64,
-    /// Mean policy log-prob of the chosen answers.
-    #[serde(rename = "logps/chosen")]
-    pub logps_chosen: f64,
-    /// Mean policy log-prob of the rejected answers.
-    #[serde(rename = "logps/rejected")]
-    pub logps_rejected: f64,
-    /// Learning rate used for this step.
-    pub learning_rate: f64,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct TrainerState {
-    step: usize,
-    total_steps: usize,
-    seed: u64,
-    pairs: usize,
-}
-
 /// What a finished run left.
 #[derive(Debug, Clone)]
 pub struct TrainSummary {
@@ -194,56 +157,6 @@ pub struct TrainSummary {
     pub resumed_from: usize,
 }
 
-type Inner<B> = <B as AutodiffBackend>::InnerBackend;
-
-enum Slot<'a, B: Backend> {
-    W2(&'a mut Param<Tensor<B, 2>>),
-    W1(&'a mut Param<Tensor<B, 1>>),
-}
-
-/// The trainable parameters with their PEFT / checkpoint keys and learning-rate group.
-fn trainable<'a, B: Backend>(
-    model: &'a mut LlavaForConditionalGeneration<B>,
-    layout: Layout,
-    projector: bool,
-) -> Vec<(String, bool, Slot<'a, B>)> {
-    let mut out = Vec::new();
-    if projector {
-        let p = &mut model.multi_modal_projector;
-        for (name, lin) in [("linear_1", &mut p.linear_1), ("linear_2", &mut p.linear_2)] {
-            out.push((
-                format!("multi_modal_projector.{name}.weight"),
-                true,
-                Slot::W2(&mut lin.weight),
-            ));
-            if let Some(b) = lin.bias.as_mut() {
-                out.push((
-                    format!("multi_modal_projector.{name}.bias"),
-                    true,
-                    Slot::W1(b),
-                ));
-            }
-        }
-    }
-    let prefix = mmedpo_lvlm::adapter::decoder_path(layout);
-    for (rel, layer) in model.language_model.lora_layers_mut() {
-        let path = format!("{prefix}{rel}");
-        if let Some(a) = layer.lora.as_mut() {
-            out.push((
-                format!("base_model.model.{path}.lora_A.weight"),
-                false,
-                Slot::W2(&mut a.lora_A.weight),
-            ));
-            out.push((
-                format!("base_model.model.{path}.lora_B.weight"),
-                false,
-                Slot::W2(&mut a.lora_B.weight),
-            ));
-        }
-    }
-    out
-}
-
 /// Summed per-parameter gradients (flattened, inner backend) and the metrics of some pairs.
 pub struct Gradients<B: AutodiffBackend> {
     /// Gradient per trainable key, in the parameter's Burn layout, flattened.
@@ -254,32 +167,6 @@ pub struct Gradients<B: AutodiffBackend> {
     pub logps: [Vec<f64>; 4],
     /// Where the call's time went.
     pub phases: Phases,
-}
-
-/// Seconds spent in each part of [`loss_and_grads`], measured after a device sync at each
-/// boundary (so they are right on asynchronous backends too).
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
-pub struct Phases {
-    /// The frozen tower (and projector, unless trained) once per image.
-    pub tower_s: f64,
-    /// The policy forward with autodiff, chosen and rejected as one batch (on the CPU, together
-    /// with the reference forward running beside it).
-    pub policy_forward_s: f64,
-    /// The adapter-off reference forward run after the policy's (0 with a reference file, and on
-    /// the CPU, where it runs beside the policy forward).
-    pub reference_forward_s: f64,
-    /// The loss and its backward pass, and the gradients' collection.
-    pub backward_s: f64,
-}
-
-fn to_vec<B: Backend>(t: Tensor<B, 1>) -> Vec<f64> {
-    t.into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap_or_default()
-        .into_iter()
-        .map(f64::from)
-        .collect()
 }
 
 /// Policy and reference log-probs, weighted DPO loss and its gradients for one micro-batch.
@@ -388,93 +275,6 @@ pub fn loss_and_grads<B: AutodiffBackend>(
         logps,
         phases,
     })
-}
-
-/// Lap times on a device, each taken after the device has finished its queued work.
-struct Clock<'a, B: Backend> {
-    device: &'a B::Device,
-    last: std::time::Instant,
-}
-
-impl<'a, B: Backend> Clock<'a, B> {
-    fn start(device: &'a B::Device) -> Self {
-        let _ = B::sync(device);
-        Self {
-            device,
-            last: std::time::Instant::now(),
-        }
-    }
-
-    /// Seconds since the last lap.
-    fn lap(&mut self) -> f64 {
-        let _ = B::sync(self.device);
-        let now = std::time::Instant::now();
-        let secs = (now - self.last).as_secs_f64();
-        self.last = now;
-        secs
-    }
-}
-
-fn read_reference(
-    path: &Path,
-    records: &[PreferenceRecord],
-    expected: &ScoreMeta,
-) -> Result<HashMap<RecordId, (f64, f64)>> {
-    let meta_path = ScoreMeta::path(path);
-    let text =
-        std::fs::read_to_string(&meta_path).map_err(|e| mmedpo_core::Error::io(&meta_path, e))?;
-    let meta: ScoreMeta =
-        serde_json::from_str(&text).map_err(|cause| mmedpo_core::Error::Json {
-            path: meta_path.clone(),
-            cause,
-        })?;
-    // The reference is the base model (no adapter) on the same data, template and dtype.
-    let changed = meta.differences(expected);
-    if !changed.is_empty() {
-        return Err(Error::StaleCache {
-            path: path.to_path_buf(),
-            message: format!(
-                "reference log-probs were computed for other inputs ({}; the file's value first); \
-                 rerun `mmedpo score` on the base model without --adapter",
-                changed.join(", ")
-            ),
-        });
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| mmedpo_core::Error::io(path, e))?;
-    let mut map = HashMap::new();
-    for (n, line) in text.lines().enumerate() {
-        let s: PairScore = serde_json::from_str(line)
-            .map_err(|cause| mmedpo_core::Error::Json {
-                path: path.to_path_buf(),
-                cause,
-            })
-            .map_err(|e| Error::Setting(format!("line {}: {e}", n + 1)))?;
-        map.insert(s.id, (s.chosen_logp, s.rejected_logp));
-    }
-    let missing: Vec<String> = records
-        .iter()
-        .filter(|r| !map.contains_key(&r.id))
-        .map(|r| format!("item id {}: not in {}", r.id, path.display()))
-        .collect();
-    if !missing.is_empty() {
-        return Err(Error::Data { problems: missing });
-    }
-    Ok(map)
-}
-
-fn latest_checkpoint(out: &Path) -> Option<(usize, PathBuf)> {
-    std::fs::read_dir(out)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let step = name.strip_prefix("checkpoint-")?.parse::<usize>().ok()?;
-            e.path()
-                .join("trainer_state.json")
-                .is_file()
-                .then(|| (step, e.path()))
-        })
-        .max_by_key(|(s, _)| *s)
 }
 
 /// Trains `model` (loaded, frozen or not) on `records`, writing under `out`.
@@ -777,67 +577,6 @@ pub fn train_on_devices<B: AutodiffBackend>(
     })
 }
 
-/// Draws the trainable parameters now: Burn initializes parameters lazily, on first use, and a
-/// clone of an uninitialized parameter draws its own values; drawn here (from the seed just set,
-/// in parameter order), every replica of a data-parallel run starts from the same ones.
-pub fn materialize<B: AutodiffBackend>(
-    model: &mut LlavaForConditionalGeneration<B>,
-    settings: &TrainSettings,
-) {
-    for (_, _, slot) in trainable(model, settings.layout, settings.projector_lr.is_some()) {
-        match slot {
-            Slot::W2(p) => drop(p.val()),
-            Slot::W1(p) => drop(p.val()),
-        }
-    }
-}
-
-/// The trainable parameters' keys and element counts, in the order every rank sums them.
-pub fn trainable_sizes<B: AutodiffBackend>(
-    model: &mut LlavaForConditionalGeneration<B>,
-    settings: &TrainSettings,
-) -> Vec<(String, usize)> {
-    trainable(model, settings.layout, settings.projector_lr.is_some())
-        .into_iter()
-        .map(|(k, _, slot)| {
-            let numel = match slot {
-                Slot::W2(p) => p.dims().iter().product(),
-                Slot::W1(p) => p.dims()[0],
-            };
-            (k, numel)
-        })
-        .collect()
-}
-
-/// A copy of `model` (its parameters drawn first) on `device`, for another rank: the frozen
-/// weights are shared where the device is the same, and the trainable parameters are new autodiff
-/// leaves (a clone shares its graph nodes, and two threads' backward passes would meet in one graph).
-pub fn replica<B: AutodiffBackend>(
-    model: &mut LlavaForConditionalGeneration<B>,
-    settings: &TrainSettings,
-    device: &B::Device,
-) -> LlavaForConditionalGeneration<B> {
-    materialize(model, settings);
-    let mut m = model.clone().fork(device);
-    fresh_leaves(&mut m, settings);
-    m
-}
-
-fn fresh_leaves<B: AutodiffBackend>(
-    model: &mut LlavaForConditionalGeneration<B>,
-    settings: &TrainSettings,
-) {
-    fn leaf<B: AutodiffBackend, const D: usize>(p: &mut Param<Tensor<B, D>>) {
-        *p = Param::initialized(p.id, Tensor::from_inner(p.val().inner()).require_grad());
-    }
-    for (_, _, slot) in trainable(model, settings.layout, settings.projector_lr.is_some()) {
-        match slot {
-            Slot::W2(p) => leaf(p),
-            Slot::W1(p) => leaf(p),
-        }
-    }
-}
-
 /// What every rank of a run shares (read-only).
 struct Run<'a> {
     tok: &'a Tokenizer,
@@ -1128,114 +867,4 @@ impl Run<'_> {
         }
         Ok(())
     }
-}
-
-/// The optimizer step of `train` (and of `mmedpo bench train`): global gradient norm in one
-/// reduction, clipping, the scheduled learning rate, AdamW on every trainable parameter (f32
-/// masters; their moments in `moments`). Returns the norm before clipping and the learning rate.
-pub fn optimizer_step<B: AutodiffBackend>(
-    model: &mut LlavaForConditionalGeneration<B>,
-    acc: &BTreeMap<String, Tensor<Inner<B>, 1>>,
-    moments: &mut BTreeMap<String, Moments<Inner<B>>>,
-    settings: &TrainSettings,
-    step: usize,
-    total: usize,
-    warmup: usize,
-) -> Result<(f64, f64)> {
-    // One reduction and one device-to-host read for the global norm.
-    let squares: Vec<Tensor<Inner<B>, 1>> =
-        acc.values().map(|g| g.clone().square().sum()).collect();
-    let norm = if squares.is_empty() {
-        0.0
-    } else {
-        Tensor::cat(squares, 0)
-            .sum()
-            .into_scalar()
-            .elem::<f64>()
-            .sqrt()
-    };
-    if !norm.is_finite() {
-        return Err(Error::NonFinite {
-            step: step + 1,
-            what: format!("the gradient norm ({norm})"),
-            ids: String::new(),
-        });
-    }
-    let clip = clip_factor(norm, settings.max_grad_norm);
-    let lr = lr_at(settings.learning_rate, step, total, warmup);
-    let proj_lr = settings.projector_lr.map(|p| lr_at(p, step, total, warmup));
-    for (key, is_projector, slot) in
-        trainable(model, settings.layout, settings.projector_lr.is_some())
-    {
-        let Some(g) = acc.get(&key) else { continue };
-        let g = if clip < 1.0 {
-            g.clone().mul_scalar(clip)
-        } else {
-            g.clone()
-        };
-        let lr = if is_projector {
-            proj_lr.unwrap_or(lr)
-        } else {
-            lr
-        };
-        let mut st = moments.remove(&key);
-        match slot {
-            Slot::W2(p) => {
-                let dims = p.dims();
-                let cur = p.val().inner().flatten::<1>(0, 1);
-                let new = settings
-                    .adamw
-                    .update(cur, g, &mut st, lr, step + 1)
-                    .reshape(dims);
-                *p = Param::initialized(p.id, Tensor::from_inner(new).require_grad());
-            }
-            Slot::W1(p) => {
-                let new = settings
-                    .adamw
-                    .update(p.val().inner(), g, &mut st, lr, step + 1);
-                *p = Param::initialized(p.id, Tensor::from_inner(new).require_grad());
-            }
-        }
-        if let Some(st) = st {
-            moments.insert(key, st);
-        }
-    }
-    Ok((norm, lr))
-}
-
-fn save_checkpoint<B: AutodiffBackend>(
-    model: &LlavaForConditionalGeneration<B>,
-    moments: &BTreeMap<String, Moments<Inner<B>>>,
-    settings: &TrainSettings,
-    out: &Path,
-    step: usize,
-    total: usize,
-    pairs: usize,
-) -> Result<()> {
-    let dir = out.join(format!("checkpoint-{step}"));
-    let tmp = out.join(format!(".checkpoint-{step}.tmp"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| mmedpo_core::Error::io(&tmp, e))?;
-    model.save_adapter(&tmp.join("adapter"), &settings.lora, settings.layout)?;
-    save_moments(&tmp.join("optimizer.safetensors"), moments)?;
-    if settings.projector_lr.is_some() {
-        let tensors = model.multi_modal_projector.hf_tensors();
-        mmedpo_core::checkpoint::write_safetensors(&tmp.join("projector.safetensors"), &tensors)?;
-    }
-    let state = TrainerState {
-        step,
-        total_steps: total,
-        seed: settings.seed,
-        pairs,
-    };
-    let path = tmp.join("trainer_state.json");
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&state).unwrap_or_default(),
-    )
-    .map_err(|e| mmedpo_core::Error::io(&path, e))?;
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir).map_err(|e| mmedpo_core::Error::io(&dir, e))?;
-    tracing::info!(step, dir = %dir.display(), "checkpoint saved");
-    Ok(())
 }

@@ -49,6 +49,38 @@ impl Default for MergeOptions {
     }
 }
 
+/// transformers' `max_shard_size` text (`5GB`, `500MB`, `2GiB`, `12345`) in bytes; the error
+/// names the text and what is wrong.
+pub fn parse_shard_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let factor: f64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KIB" => 1024.0,
+        "MIB" => 1024.0 * 1024.0,
+        "GIB" => 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (B, KB, MB, GB, KiB, MiB, GiB)"
+            ))
+        }
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: not a number"))?;
+    let bytes = n * factor;
+    if !(bytes >= 1.0 && bytes.is_finite()) {
+        return Err(format!("{text:?}: must be at least one byte"));
+    }
+    Ok(bytes as u64)
+}
+
 /// What a merge did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MergeReport {
@@ -319,4 +351,19 @@ fn write_merged<B: Backend>(
     }
     report.other_files.sort();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shard_sizes_parse_as_transformers_writes_them() {
+        use super::parse_shard_size as parse;
+        assert_eq!(parse("5GB").unwrap(), 5_000_000_000);
+        assert_eq!(parse("100KB").unwrap(), 100_000);
+        assert_eq!(parse("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse("12345").unwrap(), 12345);
+        assert!(parse("5XB").unwrap_err().contains("unknown unit"));
+        assert!(parse("0").is_err());
+        assert!(parse("GB").is_err());
+    }
 }

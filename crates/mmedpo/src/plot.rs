@@ -6,9 +6,16 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, Result};
-use mmedpo_dpo::StepLog;
 use plotters::prelude::*;
+
+use crate::dpo::StepLog;
+use crate::{Error, Result};
+
+macro_rules! plot_error {
+    ($($arg:tt)*) => {
+        Error::Plot(format!($($arg)*))
+    };
+}
 
 const FONTS: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -36,14 +43,14 @@ fn register_font() -> bool {
 /// Draws `loss` and `rewards/margins` against the step into `path` (PNG, 1200×500).
 pub fn plot_training(logs: &[StepLog], path: &Path) -> Result<()> {
     if logs.is_empty() {
-        return Err(anyhow!("nothing to plot"));
+        return Err(Error::Plot("nothing to plot".into()));
     }
     let text = register_font();
     if !text {
         tracing::warn!("no TrueType font found (set MMEDPO_PLOT_FONT); the plot has no labels");
     }
     let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    root.fill(&WHITE).map_err(|e| plot_error!("{e}"))?;
     let panels = root.split_evenly((1, 2));
     type Series<'a> = (&'a str, &'a str, fn(&StepLog) -> f64, RGBColor);
     let series: [Series; 2] = [
@@ -86,14 +93,14 @@ pub fn plot_training(logs: &[StepLog], path: &Path) -> Result<()> {
         }
         let mut chart = builder
             .build_cartesian_2d(1f64..last.max(2.0), (lo - pad)..(hi + pad))
-            .map_err(|e| anyhow!("{e}"))?;
+            .map_err(|e| plot_error!("{e}"))?;
         let mut mesh = chart.configure_mesh();
         if text {
             mesh.x_desc("optimizer step").y_desc(label);
         } else {
             mesh.disable_x_mesh().disable_y_mesh();
         }
-        mesh.draw().map_err(|e| anyhow!("{e}"))?;
+        mesh.draw().map_err(|e| plot_error!("{e}"))?;
         chart
             .draw_series(LineSeries::new(
                 logs.iter()
@@ -102,10 +109,10 @@ pub fn plot_training(logs: &[StepLog], path: &Path) -> Result<()> {
                     .map(|(l, &y)| (l.step as f64, y)),
                 color.stroke_width(2),
             ))
-            .map_err(|e| anyhow!("{e}"))?;
+            .map_err(|e| plot_error!("{e}"))?;
     }
     root.present()
-        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        .map_err(|e| plot_error!("{}: {e}", path.display()))?;
     Ok(())
 }
 
@@ -113,7 +120,7 @@ pub fn plot_training(logs: &[StepLog], path: &Path) -> Result<()> {
 pub fn plot_score_histogram(counts: &[usize; 11], title: &str, path: &Path) -> Result<()> {
     let text = register_font();
     let root = BitMapBackend::new(path, (800, 450)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    root.fill(&WHITE).map_err(|e| plot_error!("{e}"))?;
     let top = counts.iter().copied().max().unwrap_or(0).max(1) as u32;
     let mut builder = ChartBuilder::on(&root);
     builder
@@ -125,7 +132,7 @@ pub fn plot_score_histogram(counts: &[usize; 11], title: &str, path: &Path) -> R
     }
     let mut chart = builder
         .build_cartesian_2d(-0.05f64..1.05f64, 0u32..top + top / 10 + 1)
-        .map_err(|e| anyhow!("{e}"))?;
+        .map_err(|e| plot_error!("{e}"))?;
     if text {
         chart
             .configure_mesh()
@@ -135,7 +142,7 @@ pub fn plot_score_histogram(counts: &[usize; 11], title: &str, path: &Path) -> R
             .x_labels(11)
             .x_label_formatter(&|x| format!("{x:.1}"))
             .draw()
-            .map_err(|e| anyhow!("{e}"))?;
+            .map_err(|e| plot_error!("{e}"))?;
     }
     chart
         .draw_series(counts.iter().enumerate().map(|(i, &n)| {
@@ -145,8 +152,8 @@ pub fn plot_score_histogram(counts: &[usize; 11], title: &str, path: &Path) -> R
                 RGBColor(31, 119, 180).filled(),
             )
         }))
-        .map_err(|e| anyhow!("{e}"))?;
-    root.present().map_err(|e| anyhow!("{e}"))?;
+        .map_err(|e| plot_error!("{e}"))?;
+    root.present().map_err(|e| plot_error!("{e}"))?;
     Ok(())
 }
 
@@ -171,7 +178,7 @@ pub fn plot_metric_bars(
     let text = register_font();
     let width = (160 * metrics.len() as u32 + 260).max(600);
     let root = BitMapBackend::new(path, (width, 450)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    root.fill(&WHITE).map_err(|e| plot_error!("{e}"))?;
     let top = rows
         .iter()
         .flat_map(|(_, v)| v.iter().flatten())
@@ -189,7 +196,7 @@ pub fn plot_metric_bars(
     let headroom = 1.15 + 0.09 * rows.len() as f64;
     let mut chart = builder
         .build_cartesian_2d(0f64..n, 0f64..top * headroom)
-        .map_err(|e| anyhow!("{e}"))?;
+        .map_err(|e| plot_error!("{e}"))?;
     if text {
         chart
             .configure_mesh()
@@ -212,7 +219,7 @@ pub fn plot_metric_bars(
                 }
             })
             .draw()
-            .map_err(|e| anyhow!("{e}"))?;
+            .map_err(|e| plot_error!("{e}"))?;
     }
     let w = 0.8 / rows.len().max(1) as f64;
     for (r, (name, values)) in rows.iter().enumerate() {
@@ -222,7 +229,7 @@ pub fn plot_metric_bars(
                 let x = m as f64 + 0.1 + r as f64 * w;
                 v.map(|v| Rectangle::new([(x, 0.0), (x + w * 0.9, v)], color.filled()))
             }))
-            .map_err(|e| anyhow!("{e}"))?;
+            .map_err(|e| plot_error!("{e}"))?;
         if text {
             series.label(name.as_str()).legend(move |(x, y)| {
                 Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
@@ -236,8 +243,8 @@ pub fn plot_metric_bars(
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
-            .map_err(|e| anyhow!("{e}"))?;
+            .map_err(|e| plot_error!("{e}"))?;
     }
-    root.present().map_err(|e| anyhow!("{e}"))?;
+    root.present().map_err(|e| plot_error!("{e}"))?;
     Ok(())
 }

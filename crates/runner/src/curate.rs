@@ -1,21 +1,13 @@
-//! `mmedpo curate-text`: MMedPO's text preference pairs through
-//! [`mmedpo_curation::curate_text`] (resumable; see there) with the target LLaVA as the sampler
-//! and the judge named by `--judge openai=URL@MODEL` or `local=DIR`: arguments, a bar, the report.
+//! `mmedpo curate-text`: [`mmedpo::stage::text`]'s arguments.
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use burn::tensor::backend::Backend;
+use anyhow::Result;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
-use mmedpo_core::manifest::Manifest;
-use mmedpo_curation::stage::read_curation_items;
-use mmedpo_curation::{curate_text, CurateSettings, JudgePrompts, LlavaSampler};
-use mmedpo_llm::Template;
+use mmedpo::stage::text::{curate, TextPlan};
 
-use crate::common::Outcome;
-use crate::relevance::{agent_input, parse_agent, LocalArgs};
-use crate::{with_backend, DeviceKind, Dtype};
+use crate::relevance::LocalArgs;
+use crate::{DeviceKind, Dtype};
 
 /// Arguments of `mmedpo curate-text`.
 #[derive(Args, Debug)]
@@ -36,22 +28,22 @@ pub struct CurateArgs {
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// The target model's conversation template (vicuna_v1 or mistral_instruct).
-    #[arg(long, default_value = "vicuna_v1")]
+    #[arg(long, default_value_t = TextPlan::default().template)]
     template: String,
     /// Answers sampled per item.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = TextPlan::default().n)]
     n: usize,
     /// Sampling temperature of the target model.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = TextPlan::default().temperature)]
     temperature: f32,
     /// Nucleus mass of the target model's sampling.
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = TextPlan::default().top_p)]
     top_p: f32,
     /// Most tokens per sampled answer.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = TextPlan::default().max_new_tokens)]
     max_new_tokens: usize,
     /// Base seed (each item's draw is seeded from it and the item id).
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = TextPlan::default().seed)]
     seed: u64,
     /// The judge: `openai=BASE_URL@MODEL` or `local=MODEL_DIR`.
     #[arg(long)]
@@ -60,13 +52,13 @@ pub struct CurateArgs {
     #[arg(long)]
     api_key_env: Option<String>,
     /// Seconds per HTTP request.
-    #[arg(long, default_value_t = 120.0)]
+    #[arg(long, default_value_t = TextPlan::default().timeout)]
     timeout: f64,
     /// Items whose judge requests are in flight at once.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = TextPlan::default().concurrency)]
     concurrency: usize,
     /// Corrective retries after an unusable verdict.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = TextPlan::default().max_retries)]
     max_retries: usize,
     /// Folder with prompt overrides (judge.txt, judge_corrective.txt).
     #[arg(long)]
@@ -79,114 +71,42 @@ pub struct CurateArgs {
     /// Start the journals over when they come from other inputs (instead of refusing).
     #[arg(long)]
     overwrite: bool,
-    /// Where the target model runs.
-    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    /// Where the target model runs (cpu | cuda).
+    #[arg(long, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
-    /// Float type of the target model .
-    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    /// Float type of the target model (f32 | bf16).
+    #[arg(long, default_value_t = Dtype::F32)]
     dtype: Dtype,
 }
 
 /// Runs `mmedpo curate-text`.
-pub fn run(args: CurateArgs) -> Result<Outcome> {
-    with_backend!(args.device, |B, device| run_on::<B>(&args, &device))
-}
-
-fn run_on<B: Backend>(args: &CurateArgs, device: &B::Device) -> Result<Outcome> {
-    if args.n == 0 {
-        anyhow::bail!("--n must be at least 1");
-    }
-    // The items are checked before any model is loaded.
-    read_curation_items(&args.data, &args.image_root)?;
-    let prompts = match &args.prompts {
-        Some(d) => JudgePrompts::from_dir(d)
-            .with_context(|| format!("reading judge prompts from {}", d.display()))?,
-        None => JudgePrompts::builtin(),
-    };
-    let judge = parse_agent(
-        &args.judge,
-        args.api_key_env.as_deref(),
-        args.timeout,
-        false,
-        &args.local,
-    )?;
-    let llava = mmedpo_lvlm::open::<B>(
-        &args.model,
-        args.vision_tower.as_deref(),
-        args.tokenizer.as_deref(),
-        device,
-        args.dtype.burn(),
-    )?;
-    let mut sampler = LlavaSampler::new(
-        &llava,
-        Template::from_name(&args.template)?,
-        &args.image_root,
-        args.max_new_tokens,
-        args.temperature,
-        args.top_p,
-        device,
-    );
-    // The target model, its sampling and the judge.
-    let inputs = Manifest::new("curate-text")
-        .dir("model", &args.model)?
-        .opt_dir("vision_tower", args.vision_tower.as_deref())?
-        .opt_dir("tokenizer", args.tokenizer.as_deref())?
-        .value("template", &args.template)
-        .value("dtype", args.dtype.name())
-        .value("temperature", args.temperature)
-        .value("top_p", args.top_p)
-        .value("max_new_tokens", args.max_new_tokens)
-        .option("local_template", args.local.local_template.as_ref())
-        .value("local_max_new_tokens", args.local.local_max_new_tokens);
-    let inputs = agent_input(inputs, "judge", &args.judge)?;
-    let settings = CurateSettings {
+pub fn run(args: CurateArgs) -> Result<()> {
+    let plan = TextPlan {
+        data: args.data,
+        image_root: args.image_root,
+        model: args.model,
+        vision_tower: args.vision_tower,
+        tokenizer: args.tokenizer,
+        template: args.template,
         n: args.n,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        max_new_tokens: args.max_new_tokens,
         seed: args.seed,
-        max_retries: args.max_retries,
+        judge: args.judge,
+        api_key_env: args.api_key_env,
+        timeout: args.timeout,
         concurrency: args.concurrency,
+        max_retries: args.max_retries,
+        prompts: args.prompts,
+        local_template: args.local.local_template,
+        local_max_new_tokens: args.local.local_max_new_tokens,
+        local_device: args.local.local_device,
+        out: args.out,
         overwrite: args.overwrite,
+        device: args.device,
+        dtype: args.dtype,
     };
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} items {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let report = curate_text(
-        &args.data,
-        &args.image_root,
-        &args.out,
-        &mut sampler,
-        judge.as_ref(),
-        &prompts,
-        inputs,
-        &settings,
-        &mut |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        },
-    );
-    bar.finish_and_clear();
-    let r = report?;
-    note!(
-        "{} text pairs in {}: {} picked from the model's answers, {} written by the judge; \
-         {} item(s) without a usable verdict{}",
-        r.pairs,
-        r.output.display(),
-        r.picked,
-        r.pairs - r.picked,
-        r.failed.len(),
-        if r.failed.is_empty() {
-            String::new()
-        } else {
-            format!(" (run again to retry): {}", r.failed.join(", "))
-        }
-    );
-    note!(
-        "transcripts: {}\nnext: mmedpo score-relevance --data {} --agent ... --out SCORED.json",
-        r.transcripts.display(),
-        r.output.display()
-    );
-    Ok(Outcome {
-        failed: r.failed.len(),
-    })
+    curate(&plan, &crate::observe::Cli::default())?;
+    Ok(())
 }

@@ -1,17 +1,14 @@
-//! `mmedpo generate`: text generation from an HF Llama/Mistral directory.
+//! `mmedpo generate`: [`mmedpo::generate`]'s arguments (an LLM on a prompt, or a LLaVA on an
+//! image and a question).
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use burn::tensor::backend::Backend;
+use anyhow::Result;
 use clap::Args;
-use mmedpo_llm::generate::generate;
-use mmedpo_llm::{load_llm_as, Generation, GenerationConfig, Sampling, Template, Tokenizer};
-use mmedpo_lvlm::generate::generate_answers;
+use mmedpo::generate::{generate, Prompt};
+use mmedpo::llm::Sampling;
 
-use crate::common::{check_vocab, load_tokenizer};
-
-use crate::{with_backend, DeviceKind, Dtype};
+use crate::{DeviceKind, Dtype};
 
 /// Arguments of `mmedpo generate`.
 #[derive(Args, Debug)]
@@ -51,28 +48,16 @@ pub struct GenerateArgs {
     /// Print `{"ids": [...], "text": "..."}` as the last line.
     #[arg(long)]
     json: bool,
-    /// Backend.
-    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    /// Backend (cpu | cuda).
+    #[arg(long, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
-    /// Float type .
-    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    /// Float type (f32 | bf16).
+    #[arg(long, default_value_t = Dtype::F32)]
     dtype: Dtype,
 }
 
 /// Runs `mmedpo generate`.
 pub fn run(args: GenerateArgs) -> Result<()> {
-    with_backend!(args.device, |B, device| run_on::<B>(&args, &device))
-}
-
-fn run_on<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
-    if !args.model.is_dir() {
-        bail!("{}: model directory not found", args.model.display());
-    }
-    let template = args
-        .template
-        .as_deref()
-        .map(Template::from_name)
-        .transpose()?;
     let sampling = match args.temperature {
         None => Sampling::Greedy,
         Some(temperature) => Sampling::Sample {
@@ -81,69 +66,30 @@ fn run_on<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
             seed: args.seed,
         },
     };
-    if let Some(image) = &args.image {
-        let llava = mmedpo_lvlm::open::<B>(
-            &args.model,
-            args.vision_tower.as_deref(),
-            args.tokenizer.as_deref(),
-            device,
-            args.dtype.burn(),
-        )?;
-        let tokenizer = &llava.tokenizer;
-        let config = GenerationConfig {
-            max_new_tokens: args.max_new_tokens,
-            sampling,
-            eos_token_ids: llava.config.text.eos_token_ids.clone(),
-            pad_token_id: llava.config.text.pad_token_id,
-        };
-        let size = llava.image_size();
-        let items = [(image.as_path(), args.prompt.as_str())];
-        let template = template.unwrap_or(Template::VicunaV1);
-        let out = generate_answers(
-            &llava.model,
-            tokenizer,
-            template,
-            &items,
-            llava.config.aspect,
-            size,
-            &config,
-            device,
-        )?;
-        return print_result(tokenizer, &out, args.json);
-    }
-    let tokenizer = load_tokenizer(&args.model, args.tokenizer.as_deref())?;
-    let llm = load_llm_as::<B>(&args.model, device, args.dtype.burn())
-        .with_context(|| format!("loading {}", args.model.display()))?;
-    check_vocab(&tokenizer, llm.config.vocab_size, &args.model)?;
-    let text = match template {
-        Some(t) => t.prompt(&args.prompt),
-        None => args.prompt.clone(),
-    };
-    let prompt = tokenizer.encode(&text, true)?;
-    let config = GenerationConfig {
+    let out = generate(&Prompt {
+        model: args.model,
+        image: args.image,
+        vision_tower: args.vision_tower,
+        tokenizer: args.tokenizer,
+        prompt: args.prompt,
+        template: args.template,
         max_new_tokens: args.max_new_tokens,
         sampling,
-        eos_token_ids: llm.config.eos_token_ids.clone(),
-        pad_token_id: llm.config.pad_token_id,
-    };
-    let out = generate(&llm.model, &[prompt], &config, device)?;
-    print_result(&tokenizer, &out, args.json)
-}
-
-fn print_result(tokenizer: &Tokenizer, out: &Generation, json: bool) -> Result<()> {
-    let ids = &out.tokens[0];
-    let text = tokenizer.decode(ids, true)?;
+        device: args.device,
+        dtype: args.dtype,
+    })?;
+    let (g, ids) = (&out.generation, &out.generation.tokens[0]);
     tracing::info!(
-        prompt_tokens = out.prompt_tokens,
+        prompt_tokens = g.prompt_tokens,
         new_tokens = ids.len(),
-        finish = ?out.finish[0],
-        prefill_ms = out.prefill.as_millis() as u64,
-        decode_ms = out.decode.as_millis() as u64,
+        finish = ?g.finish[0],
+        prefill_ms = g.prefill.as_millis() as u64,
+        decode_ms = g.decode.as_millis() as u64,
         "generated"
     );
-    say!("{text}");
-    if json {
-        say!("{}", serde_json::json!({ "ids": ids, "text": text }));
+    say!("{}", out.text);
+    if args.json {
+        say!("{}", serde_json::json!({ "ids": ids, "text": out.text }));
     }
     Ok(())
 }

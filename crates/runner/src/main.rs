@@ -20,21 +20,19 @@ macro_rules! say {
 
 mod assemble;
 mod bench;
-mod bench_train;
-mod common;
 mod curate;
 mod eval;
 mod generate;
 mod merge;
+mod observe;
 mod pipeline;
-mod plot;
 mod relevance;
 mod score;
 mod train;
 mod visual;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 /// MMedPO: clinical-aware multimodal preference optimization for medical vision-language models.
 #[derive(Parser, Debug)]
@@ -76,77 +74,7 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-/// Where tensors live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DeviceKind {
-    /// Burn's Flex CPU backend.
-    Cpu,
-    /// CUDA GPU 0 (needs a binary built with `--features cuda`).
-    Cuda,
-}
-
-impl DeviceKind {
-    /// The name used on the command line and in files (`cpu`, `cuda`).
-    pub fn name(self) -> &'static str {
-        match self {
-            DeviceKind::Cpu => "cpu",
-            DeviceKind::Cuda => "cuda",
-        }
-    }
-}
-
-/// Compute dtype of a model: the dtype its frozen weights are held and multiplied in. Adapters
-/// (and a trained projector) stay f32, as do log-softmax, log-prob sums, losses and sampling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Dtype {
-    /// 32-bit floats.
-    F32,
-    /// bfloat16 (LLaVA-Med's stored dtype; half the memory; on the CPU as on CUDA).
-    Bf16,
-}
-
-impl Dtype {
-    /// The Burn dtype.
-    pub fn burn(self) -> burn::tensor::DType {
-        match self {
-            Dtype::F32 => burn::tensor::DType::F32,
-            Dtype::Bf16 => burn::tensor::DType::BF16,
-        }
-    }
-
-    /// The name used on the command line and in files (`f32`, `bf16`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "f32",
-            Dtype::Bf16 => "bf16",
-        }
-    }
-}
-
-/// Runs `$body` with the type alias `B` and value `device` bound to the chosen backend. The
-/// backend's default float type is f32 on both; a bf16 model is bf16 *tensors* on it.
-#[macro_export]
-macro_rules! with_backend {
-    ($kind:expr, |$B:ident, $device:ident| $body:expr) => {{
-        match $kind {
-            $crate::DeviceKind::Cpu => {
-                type $B = mmedpo_core::backend::Cpu;
-                let $device = Default::default();
-                $body
-            }
-            #[cfg(feature = "cuda")]
-            $crate::DeviceKind::Cuda => {
-                type $B = mmedpo_core::backend::Gpu;
-                let $device = burn::backend::cuda::CudaDevice::new(0);
-                $body
-            }
-            #[cfg(not(feature = "cuda"))]
-            $crate::DeviceKind::Cuda => {
-                anyhow::bail!("this mmedpo was built without CUDA; rebuild with `cargo build --release --features cuda`")
-            }
-        }
-    }};
-}
+pub use mmedpo::{with_backend, DeviceKind, Dtype};
 
 /// The log writer: stderr, ignoring write errors (tracing-subscriber reports a failed write with
 /// `eprintln!`, which panics when stderr is closed).
@@ -164,23 +92,22 @@ impl std::io::Write for QuietStderr {
     }
 }
 
-/// Runs one subcommand; stages over many items say how many failed.
-fn dispatch(command: Command) -> Result<common::Outcome> {
-    let done = |r: Result<()>| r.map(|()| common::Outcome::default());
+/// Runs one subcommand.
+fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Generate(args) => done(generate::run(args)),
-        Command::Score(args) => done(score::run(args)),
-        Command::Train(args) => done(train::run(args)),
-        Command::InitModel(args) => done(train::init_model(args)),
-        Command::Eval(args) => done(eval::run(args)),
-        Command::Metrics(args) => done(eval::metrics(args)),
+        Command::Generate(args) => generate::run(args),
+        Command::Score(args) => score::run(args),
+        Command::Train(args) => train::run(args),
+        Command::InitModel(args) => train::init_model(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Metrics(args) => eval::metrics(args),
         Command::ScoreRelevance(args) => relevance::run(args),
         Command::CurateText(args) => curate::run(args),
-        Command::Assemble(args) => done(assemble::run(args)),
-        Command::Merge(args) => done(merge::run(args)),
+        Command::Assemble(args) => assemble::run(args),
+        Command::Merge(args) => merge::run(args),
         Command::VisualPairs(args) => visual::run(args),
-        Command::Pipeline(args) => done(pipeline::run(args)),
-        Command::Bench(args) => done(bench::run(args)),
+        Command::Pipeline(args) => pipeline::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 
@@ -204,7 +131,7 @@ fn main() -> std::process::ExitCode {
         .with_target(false)
         .init();
     let cli = Cli::parse();
-    match dispatch(cli.command).map(|_| ()) {
+    match dispatch(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             note!("error: {e:#}");

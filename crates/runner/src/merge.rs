@@ -1,12 +1,12 @@
 //! `mmedpo merge`: a LoRA adapter merged into its base LLaVA, written in the base's layout
-//! (library: `mmedpo_lvlm::merge`).
+//! (library: `mmedpo::lvlm::merge`).
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use mmedpo_core::checkpoint::{Dtype as StoredDtype, DEFAULT_MAX_SHARD_BYTES};
-use mmedpo_lvlm::merge::{merge_adapter, MergeOptions};
+use mmedpo::core::checkpoint::{Dtype as StoredDtype, DEFAULT_MAX_SHARD_BYTES};
+use mmedpo::lvlm::merge::{merge_adapter, parse_shard_size, MergeOptions};
 
 use crate::{with_backend, DeviceKind};
 
@@ -35,7 +35,7 @@ pub struct MergeArgs {
     #[arg(long, value_enum, default_value_t = OutDtype::Keep)]
     dtype: OutDtype,
     /// Where the merge's matrix products run.
-    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    #[arg(long, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
 }
 
@@ -52,38 +52,10 @@ enum OutDtype {
     F16,
 }
 
-/// `5GB`, `500MB`, `2GiB`, `12345` → bytes.
-fn parse_size(text: &str) -> Result<u64> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let factor: f64 = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 1.0,
-        "KB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        "KIB" => 1024.0,
-        "MIB" => 1024.0 * 1024.0,
-        "GIB" => 1024.0 * 1024.0 * 1024.0,
-        other => bail!(
-            "--max-shard-size {text:?}: unknown unit {other:?} (B, KB, MB, GB, KiB, MiB, GiB)"
-        ),
-    };
-    let n: f64 = number
-        .parse()
-        .with_context(|| format!("--max-shard-size {text:?}: not a number"))?;
-    let bytes = n * factor;
-    if !(bytes >= 1.0 && bytes.is_finite()) {
-        bail!("--max-shard-size {text:?}: must be at least one byte");
-    }
-    Ok(bytes as u64)
-}
-
 /// Runs `mmedpo merge`.
 pub fn run(args: MergeArgs) -> Result<()> {
-    let max_shard = parse_size(&args.max_shard_size)?;
+    let max_shard = parse_shard_size(&args.max_shard_size)
+        .map_err(|e| anyhow::anyhow!("--max-shard-size {e}"))?;
     let tokenizer_json = args.model.join("tokenizer.json");
     if let Some(t) = &args.tokenizer {
         if tokenizer_json.is_file() {
@@ -93,7 +65,7 @@ pub fn run(args: MergeArgs) -> Result<()> {
                 t.display()
             );
         }
-        mmedpo_llm::Tokenizer::from_file(t)?;
+        mmedpo::llm::Tokenizer::from_file(t)?;
     }
     let options = MergeOptions {
         max_shard_bytes: max_shard,
@@ -127,23 +99,4 @@ pub fn run(args: MergeArgs) -> Result<()> {
         if report.other_files.is_empty() { "nothing".to_string() } else { report.other_files.join(", ") }
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn shard_sizes_parse_as_transformers_writes_them() {
-        assert_eq!(parse_size("5GB").unwrap(), 5_000_000_000);
-        assert_eq!(parse_size("100KB").unwrap(), 100_000);
-        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
-        assert_eq!(parse_size("12345").unwrap(), 12345);
-        assert!(parse_size("5XB")
-            .unwrap_err()
-            .to_string()
-            .contains("unknown unit"));
-        assert!(parse_size("0").is_err());
-        assert!(parse_size("GB").is_err());
-    }
 }

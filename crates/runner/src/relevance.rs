@@ -1,21 +1,12 @@
-//! `mmedpo score-relevance`: the multi-agent clinical-relevance weight of every preference pair,
-//! through [`mmedpo_scorer::score_file`] (concurrent, resumable; see there): arguments, agents,
-//! a progress bar, the histogram.
+//! `mmedpo score-relevance`: [`mmedpo::stage::relevance`]'s arguments.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
-use mmedpo_core::manifest::Manifest;
-use mmedpo_core::record::read_records;
-use mmedpo_scorer::local::LocalSettings;
-use mmedpo_scorer::prompts::Prompts;
-use mmedpo_scorer::{score_file, Agent, AgentSpec, HttpOptions, Protocol};
+use mmedpo::stage::relevance::{score, RelevancePlan};
 
-use crate::common::{side, Outcome};
-use crate::{with_backend, DeviceKind};
+use crate::DeviceKind;
 
 /// Arguments of `mmedpo score-relevance`.
 #[derive(Args, Debug)]
@@ -37,19 +28,19 @@ pub struct RelevanceArgs {
     #[arg(long)]
     api_key_env: Option<String>,
     /// Most seconds one pair may take over all its turns; no turn starts after it.
-    #[arg(long, default_value_t = 600.0)]
+    #[arg(long, default_value_t = RelevancePlan::default().pair_budget)]
     pair_budget: f64,
     /// Rounds before falling back to the mean (paper: 5).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = RelevancePlan::default().max_rounds)]
     max_rounds: usize,
     /// Corrective retries per turn after an unreadable reply.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = RelevancePlan::default().max_retries)]
     max_retries: usize,
     /// Seconds per HTTP request.
-    #[arg(long, default_value_t = 120.0)]
+    #[arg(long, default_value_t = RelevancePlan::default().timeout)]
     timeout: f64,
     /// Pairs in flight.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = RelevancePlan::default().concurrency)]
     concurrency: usize,
     /// Ask servers for a JSON-schema-constrained reply (`response_format`).
     #[arg(long)]
@@ -73,162 +64,33 @@ pub struct LocalArgs {
     #[arg(long)]
     pub local_template: Option<String>,
     /// Most tokens per local-agent reply.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = RelevancePlan::default().local_max_new_tokens)]
     pub local_max_new_tokens: usize,
-    /// Where local agents run.
-    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    /// Where local agents run (cpu | cuda).
+    #[arg(long, default_value_t = DeviceKind::Cpu)]
     pub local_device: DeviceKind,
 }
 
-/// Builds an agent from `openai=BASE_URL@MODEL` or `local=MODEL_DIR` (a local one on
-/// `--local-device`).
-pub fn parse_agent(
-    spec: &str,
-    api_key_env: Option<&str>,
-    timeout: f64,
-    json_schema: bool,
-    local: &LocalArgs,
-) -> Result<Box<dyn Agent>> {
-    let parsed = AgentSpec::parse(spec)?;
-    // Checked here: a Duration cannot hold a negative or NaN number of seconds.
-    if matches!(parsed, AgentSpec::OpenAi { .. }) && !(timeout.is_finite() && timeout > 0.0) {
-        bail!("--timeout {timeout}: must be a number of seconds > 0");
-    }
-    let http = HttpOptions {
-        api_key_env: api_key_env.map(String::from),
-        timeout: Duration::from_secs_f64(if timeout.is_finite() && timeout > 0.0 {
-            timeout
-        } else {
-            1.0
-        }),
-        json_schema,
-    };
-    let settings = LocalSettings {
-        template: local.local_template.clone(),
-        max_new_tokens: local.local_max_new_tokens,
-        ..LocalSettings::default()
-    };
-    with_backend!(local.local_device, |B, device| Ok(
-        parsed.build::<B>(&http, &settings, &device)?
-    ))
-}
-
-/// Adds an agent to a manifest ([`AgentSpec::record`]).
-pub fn agent_input(m: Manifest, name: &str, spec: &str) -> Result<Manifest> {
-    Ok(AgentSpec::parse(spec)?.record(m, name)?)
-}
-
 /// Runs `mmedpo score-relevance`.
-pub fn run(args: RelevanceArgs) -> Result<Outcome> {
-    // The data is checked before any agent is loaded.
-    let n = read_records(&args.data)?.len();
-    let mut specs = args.agents.clone();
-    if let Some(f) = &args.agents_file {
-        specs.extend(AgentSpec::read_file(f)?);
-    }
-    let agents: Vec<Box<dyn Agent>> = specs
-        .iter()
-        .map(|s| {
-            parse_agent(
-                s,
-                args.api_key_env.as_deref(),
-                args.timeout,
-                args.json_schema,
-                &args.local,
-            )
-        })
-        .collect::<Result<_>>()?;
-    let refs: Vec<&dyn Agent> = agents.iter().map(|a| a.as_ref()).collect();
-    let prompts = match &args.prompts {
-        Some(d) => {
-            Prompts::from_dir(d).with_context(|| format!("reading prompts from {}", d.display()))?
-        }
-        None => Prompts::builtin(),
-    };
-    if !(args.pair_budget.is_finite() && args.pair_budget > 0.0) {
-        bail!(
-            "--pair-budget {}: must be a number of seconds > 0",
-            args.pair_budget
-        );
-    }
-    let protocol = Protocol {
+pub fn run(args: RelevanceArgs) -> Result<()> {
+    let plan = RelevancePlan {
+        data: args.data,
+        agent: args.agents,
+        agents_file: args.agents_file,
+        local_template: args.local.local_template,
+        local_max_new_tokens: args.local.local_max_new_tokens,
+        local_device: args.local.local_device,
+        api_key_env: args.api_key_env,
+        pair_budget: args.pair_budget,
         max_rounds: args.max_rounds,
         max_retries: args.max_retries,
-        prompts,
-        pair_budget: Some(Duration::from_secs_f64(args.pair_budget)),
+        timeout: args.timeout,
+        concurrency: args.concurrency,
+        json_schema: args.json_schema,
+        prompts: args.prompts,
+        out: args.out,
+        overwrite: args.overwrite,
     };
-    // What determines the agents' replies besides the data, prompts and protocol.
-    let mut inputs = Manifest::new("score-relevance")
-        .value("json_schema", args.json_schema)
-        .option("local_template", args.local.local_template.as_ref())
-        .value("local_max_new_tokens", args.local.local_max_new_tokens);
-    for (i, spec) in specs.iter().enumerate() {
-        inputs = agent_input(inputs, &format!("agent[{i}]"), spec)?;
-    }
-    let bar = ProgressBar::new(n as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} pairs {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let report = score_file(
-        &args.data,
-        &args.out,
-        &refs,
-        inputs,
-        &protocol,
-        args.concurrency,
-        args.overwrite,
-        &|done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        },
-    );
-    bar.finish_and_clear();
-    let r = report?;
-    note!(
-        "{} pairs: {} scored ({} by consensus), {} without any score",
-        r.pairs,
-        r.pairs - r.failed.len(),
-        r.consensus,
-        r.failed.len()
-    );
-    let max = r.histogram.iter().copied().max().unwrap_or(1).max(1);
-    for (i, n) in r.histogram.iter().enumerate() {
-        note!(
-            "  {:.1} | {:<40} {n}",
-            i as f64 / 10.0,
-            "#".repeat(n * 40 / max)
-        );
-    }
-    let png = side(&args.out, "histogram.png");
-    match crate::plot::plot_score_histogram(
-        &r.histogram,
-        &format!(
-            "clinical-relevance scores: {} pairs, {} by consensus",
-            r.pairs - r.failed.len(),
-            r.consensus
-        ),
-        &png,
-    ) {
-        Ok(()) => note!("histogram: {}", png.display()),
-        Err(e) => tracing::warn!("no histogram PNG: {e}"),
-    }
-    if !r.failed.is_empty() {
-        note!(
-            "no score (weighted_score removed; a rerun tries these again): {}",
-            r.failed
-                .iter()
-                .map(|u| u.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    note!(
-        "written: {}\ntranscripts: {}",
-        r.output.display(),
-        r.transcripts.display()
-    );
-    Ok(Outcome {
-        failed: r.failed.len(),
-    })
+    score(&plan, &crate::observe::Cli::default())?;
+    Ok(())
 }

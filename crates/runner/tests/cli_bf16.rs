@@ -66,12 +66,12 @@ fn train_score_generate_and_eval_run_in_bf16_on_the_cpu() {
     }
     // The adapter leaves in f32 (saved from the masters).
     let adapter = out.join("adapter");
-    let ck = mmedpo_core::checkpoint::Checkpoint::open(&adapter.join("adapter_model.safetensors"))
+    let ck = mmedpo::core::checkpoint::Checkpoint::open(&adapter.join("adapter_model.safetensors"))
         .unwrap();
     for k in ck.keys() {
         assert_eq!(
             ck.raw(k).unwrap().dtype,
-            mmedpo_core::checkpoint::Dtype::F32,
+            mmedpo::core::checkpoint::Dtype::F32,
             "{k}"
         );
     }

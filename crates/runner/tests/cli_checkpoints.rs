@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use mmedpo_core::checkpoint::{Checkpoint, Dtype};
+use mmedpo::core::checkpoint::{Checkpoint, Dtype};
 
 mod common;
 use common::{mmedpo, root, stderr, tmp};
@@ -498,7 +498,7 @@ fn bin_checkpoints_convert_bit_for_bit_in_both_layouts_and_pickled_code_never_ru
             );
             assert_eq!(serde_json::json!(raw.shape), want["shape"], "{key}");
             assert_eq!(
-                mmedpo_core::record::fingerprint([raw.data]),
+                mmedpo::core::record::fingerprint([raw.data]),
                 want["fnv"].as_str().unwrap(),
                 "{file}: {key} differs from torch's bytes"
             );
@@ -509,7 +509,7 @@ fn bin_checkpoints_convert_bit_for_bit_in_both_layouts_and_pickled_code_never_ru
     // Both converted layouts load strictly (every key taken, shapes as the config implies).
     let device = Default::default();
     for model in ["llava-hf", "llava-med"] {
-        mmedpo_lvlm::load_llava::<mmedpo_core::backend::Cpu>(&dir.join(model), None, &device)
+        mmedpo::lvlm::load_llava::<mmedpo::core::backend::Cpu>(&dir.join(model), None, &device)
             .unwrap_or_else(|e| panic!("{model}: {e}"));
     }
     let index =

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{chain_llm, mmedpo, root, serve, stderr, tiny_llava, tmp};
-use mmedpo_core::record::read_records;
+use mmedpo::core::record::read_records;
 
 fn items(dir: &Path) -> PathBuf {
     // No rejected_conversations: curation makes them.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 mod common;
 use common::{mmedpo, root, stderr, tmp};
 
-use mmedpo_core::backend::Cpu;
+use mmedpo::core::backend::Cpu;
 use mmedpo_llm::{loader::save_llm, DecoderConfig};
 
 /// The golden tiny Mistral (bf16, sharded) with the real tokenizer beside it.

@@ -88,7 +88,7 @@ fn pipeline_runs_every_stage_and_reruns_only_what_changed() {
     let changed = run(&file, &[]);
     assert!(line(&changed, "train").contains("current"), "{changed}");
     assert!(
-        line(&changed, "eval").contains("changed --max-new-tokens 6 → 5"),
+        line(&changed, "eval").contains("changed max_new_tokens 6 → 5"),
         "{changed}"
     );
     // --from starts over from that stage; the ones before stay.
@@ -126,14 +126,14 @@ fn pipeline_runs_every_stage_and_reruns_only_what_changed() {
 }
 
 #[test]
-fn bad_pipeline_files_name_the_file_the_section_and_the_flag() {
+fn bad_pipeline_files_name_the_file_the_section_and_the_key() {
     let dir = tmp("pipeline-bad");
     let file = pipeline_file(&dir, "pipeline-bad", "noize = 3");
     let o = mmedpo(&["pipeline", "--config", file.to_str().unwrap()]);
     let e = stderr(&o);
     assert!(!o.status.success());
     assert!(
-        e.contains("pipeline.toml: [eval] flags for `mmedpo eval`") && e.contains("--noize"),
+        e.contains("pipeline.toml: [eval] unknown field `noize`"),
         "{e}"
     );
     let text = std::fs::read_to_string(&file)

@@ -287,7 +287,7 @@ fn failed_pairs_are_not_done_every_failure_exits_non_zero_and_bad_agents_stop_be
         (
             &format!("openai={dead}@m")[..],
             vec!["--timeout", "0"],
-            "--timeout 0",
+            "timeout = 0: must be",
         ),
         (
             &format!("openai={dead}@m")[..],

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::{mmedpo, root, stderr, tmp};
-use mmedpo_core::record::read_records;
+use mmedpo::core::record::read_records;
 
 fn pairs(dir: &Path) -> std::path::PathBuf {
     // Items in the released VQA-RAD format; several share an image, one image is missing.
@@ -179,7 +179,7 @@ fn a_killed_run_resumes_to_the_same_files() {
             )
             .unwrap();
         }
-        // A kill's temporary (the name `mmedpo_core::journal::write_atomic` gives) is removed.
+        // A kill's temporary (the name `mmedpo::core::journal::write_atomic` gives) is removed.
         std::fs::write(b.join("images/.9.png.partial"), b"half a png").unwrap();
         let o = run(&data, &b, extra);
         assert!(o.status.success(), "{}", stderr(&o));

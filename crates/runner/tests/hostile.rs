@@ -48,7 +48,7 @@ fn altered_model(
     name: &str,
     alter: impl Fn(&str, &mut Vec<u8>) -> String,
 ) -> PathBuf {
-    use mmedpo_core::checkpoint::{write_safetensors_bytes, Checkpoint, TensorBytes};
+    use mmedpo::core::checkpoint::{write_safetensors_bytes, Checkpoint, TensorBytes};
     let model = tiny_llava(src);
     let out = dir.join(name);
     std::fs::create_dir_all(&out).unwrap();

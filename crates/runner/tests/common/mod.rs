@@ -76,7 +76,7 @@ pub fn chain_llm(name: &str, reply: &str) -> PathBuf {
         head_dim: 16,
         ..DecoderConfig::mistral_100m()
     };
-    let model = config.init::<mmedpo_core::backend::Cpu>(&Default::default());
+    let model = config.init::<mmedpo::core::backend::Cpu>(&Default::default());
     let vocab = config.vocab_size;
     let mut tensors = hf_tensors(&model);
     for (key, shape, data) in tensors.iter_mut() {
@@ -101,7 +101,7 @@ pub fn chain_llm(name: &str, reply: &str) -> PathBuf {
         }
     }
     save_llm(&model, &config, &dir).unwrap();
-    mmedpo_core::checkpoint::write_safetensors(&dir.join("model.safetensors"), &tensors).unwrap();
+    mmedpo::core::checkpoint::write_safetensors(&dir.join("model.safetensors"), &tensors).unwrap();
     std::fs::copy(&tok_path, dir.join("tokenizer.json")).unwrap();
     dir
 }

@@ -39,6 +39,7 @@ mod observe;
 pub mod pipeline;
 pub mod plot;
 pub mod stage;
+pub mod testbed;
 
 pub use device::{DeviceKind, Dtype};
 pub use error::{Error, Result};

@@ -1,12 +1,12 @@
 //! `mmedpo eval` (generate answers, score them as the paper does), `mmedpo eval --compare` and
 //! `mmedpo metrics` (score predictions made elsewhere).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use mmedpo::eval::protocol::{read_predictions, score, Task};
-use mmedpo::stage::eval::{comparison_table, evaluate, EvalPlan};
+use mmedpo::stage::eval::{compare_files, evaluate, EvalPlan};
 
 use crate::{DeviceKind, Dtype};
 
@@ -97,7 +97,8 @@ pub struct EvalArgs {
 /// Runs `mmedpo eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
     if let Some(files) = &args.compare {
-        return compare(&files[0], &files[1]);
+        say!("{}", compare_files(&files[0], &files[1])?);
+        return Ok(());
     }
     let (Some(model), Some(data), Some(image_root), Some(task), Some(out)) =
         (args.model, args.data, args.image_root, args.task, args.out)
@@ -124,27 +125,5 @@ pub fn run(args: EvalArgs) -> Result<()> {
         overwrite: args.overwrite,
     };
     evaluate(&plan, &crate::observe::Cli::default())?;
-    Ok(())
-}
-
-fn compare(a: &Path, b: &Path) -> Result<()> {
-    let read = |p: &Path| -> Result<serde_json::Value> {
-        Ok(serde_json::from_str(
-            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-        )?)
-    };
-    let (ma, mb) = (read(a)?, read(b)?);
-    if ma["task"] != mb["task"] {
-        bail!(
-            "{} is a {} result and {} a {} result",
-            a.display(),
-            ma["task"],
-            b.display(),
-            mb["task"]
-        );
-    }
-    let task: Task = serde_json::from_value(ma["task"].clone())
-        .with_context(|| format!("{}: no task", a.display()))?;
-    say!("{}", comparison_table(task, ["A", "B"], &ma, &mb));
     Ok(())
 }

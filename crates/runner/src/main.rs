@@ -28,6 +28,7 @@ mod observe;
 mod pipeline;
 mod relevance;
 mod score;
+mod testbed;
 mod train;
 mod visual;
 
@@ -66,10 +67,11 @@ enum Command {
     Merge(merge::MergeArgs),
     /// Merge text and visual pair files into one training file (weight mode applied, shuffled).
     Assemble(assemble::AssembleArgs),
-    /// Algorithm 1 from one config: text pairs → relevance → visual pairs → assemble → train →
-    /// evaluation of the base and the aligned model, each stage in its own folder, rerun only when
-    /// its inputs changed.
+    /// Algorithm 1 from one config (text pairs → … → evaluation), each stage rerun only when its
+    /// inputs changed.
     Pipeline(pipeline::PipelineArgs),
+    /// The synthetic lesion world: scans with known lesions, VQA items, reports, training pairs.
+    Testbed(testbed::TestbedArgs),
     /// Measure throughput (LLM prefill/decode tokens/s, matmul GFLOP/s, visual-pair images/s).
     Bench(bench::BenchArgs),
 }
@@ -108,6 +110,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::VisualPairs(args) => visual::run(args),
         Command::Pipeline(args) => pipeline::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Testbed(args) => testbed::run(args),
     }
 }
 

@@ -80,11 +80,8 @@ impl Observer for Cli {
                 );
                 let max = r.histogram.iter().copied().max().unwrap_or(1).max(1);
                 for (i, n) in r.histogram.iter().enumerate() {
-                    note!(
-                        "  {:.1} | {:<40} {n}",
-                        i as f64 / 10.0,
-                        "#".repeat(n * 40 / max)
-                    );
+                    let bar = "#".repeat(n * 40 / max);
+                    note!("  {:.1} | {bar:<40} {n}", i as f64 / 10.0);
                 }
                 let png = side(output, "histogram.png");
                 if png.is_file() {

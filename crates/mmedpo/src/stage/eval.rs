@@ -269,3 +269,26 @@ pub fn comparison_table(
     }
     t
 }
+
+/// The table of two `metrics.json` files, B − A ([`comparison_table`]); files of two tasks are an
+/// error naming both.
+pub fn compare_files(a: &Path, b: &Path) -> Result<String> {
+    let read = |p: &Path| -> Result<serde_json::Value> {
+        let text = std::fs::read_to_string(p).map_err(|e| crate::Error::io(p, e))?;
+        serde_json::from_str(&text)
+            .map_err(|e| crate::Error::Invalid(format!("{}: not JSON: {e}", p.display())))
+    };
+    let (ma, mb) = (read(a)?, read(b)?);
+    if ma["task"] != mb["task"] {
+        invalid!(
+            "{} is a {} result and {} a {} result",
+            a.display(),
+            ma["task"],
+            b.display(),
+            mb["task"]
+        );
+    }
+    let task: Task = serde_json::from_value(ma["task"].clone())
+        .map_err(|_| crate::Error::Invalid(format!("{}: no task", a.display())))?;
+    Ok(comparison_table(task, ["A", "B"], &ma, &mb))
+}

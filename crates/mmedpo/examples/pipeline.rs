@@ -28,7 +28,8 @@ impl Observer for Print {
 
 /// The repository's root (where `data/` and `models/` are).
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
 }
 
 /// The pipeline into `out`, on a model drawn into `out/model` (once).

@@ -72,3 +72,54 @@ pub fn full_released_dir() -> Option<PathBuf> {
         .is_file()
         .then(|| data.canonicalize().unwrap_or(data))
 }
+
+/// A scratch path `TMP/{prefix}-{pid}-{name}` for this test process (removed first, not
+/// created). The first call for a prefix also removes what earlier test processes left under
+/// `TMP/{prefix}-{pid}-*` when that process is gone (Linux: no `/proc/{pid}`), so repeated test runs
+/// do not fill the disk with old model copies.
+pub fn scratch(prefix: &str, name: &str) -> PathBuf {
+    static SWEPT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let tmp = std::env::temp_dir();
+    let mut swept = SWEPT.lock().unwrap_or_else(|e| e.into_inner());
+    if !swept.iter().any(|p| p == prefix) {
+        swept.push(prefix.to_string());
+        if Path::new("/proc/self").exists() {
+            for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                let Some(rest) = file.strip_prefix(&format!("{prefix}-")) else {
+                    continue;
+                };
+                let pid = rest.split('-').next().unwrap_or_default();
+                let gone = pid.parse::<u32>().is_ok_and(|p| {
+                    p != std::process::id() && !Path::new(&format!("/proc/{p}")).exists()
+                });
+                if gone {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+    let d = tmp.join(format!("{prefix}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[cfg(test)]
+mod scratch_tests {
+    #[test]
+    fn scratch_sweeps_what_dead_processes_left_and_keeps_the_living() {
+        let tmp = std::env::temp_dir();
+        // Pid 0x7ffffffe does not run on Linux (pid_max is at most 2^22).
+        let dead = tmp.join("mmedpo-sweeptest-2147483646-x");
+        let alive = tmp.join(format!("mmedpo-sweeptest-{}-y", std::process::id()));
+        for d in [&dead, &alive] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let mine = super::scratch("mmedpo-sweeptest", "z");
+        assert!(mine.ends_with(format!("mmedpo-sweeptest-{}-z", std::process::id())));
+        assert!(alive.exists());
+        assert_eq!(dead.exists(), !std::path::Path::new("/proc/self").exists());
+        let _ = std::fs::remove_dir_all(&dead);
+        std::fs::remove_dir_all(&alive).unwrap();
+    }
+}

@@ -163,6 +163,7 @@ fn peft_adapter_gives_peft_logits_and_ours_round_trips_in_peft_layout() {
         ..fresh.model.clone()
     };
     assert!(check_logits(&adapter_logits(&merged, pair, &device), &bytes) <= 1e-4);
+    std::fs::remove_dir_all(&out).unwrap();
 }
 
 fn train_settings(lora: LoraConfig) -> TrainSettings {

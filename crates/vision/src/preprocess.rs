@@ -324,6 +324,7 @@ mod tests {
         let ok = dir.join("ok.png");
         image::GrayImage::new(3, 2).save(&ok).unwrap();
         assert_eq!(load_rgb(&ok).unwrap().dimensions(), (3, 2));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -112,6 +112,7 @@ fn an_unreadable_image_names_the_file() {
     let bad = std::env::temp_dir().join(format!("mmedpo-bad-{}.png", std::process::id()));
     std::fs::write(&bad, b"not a png").unwrap();
     let err = load_rgb(&bad).unwrap_err().to_string();
+    std::fs::remove_file(&bad).unwrap();
     assert!(err.contains(bad.to_str().unwrap()), "{err}");
     let err = load_rgb(Path::new("/no/such.png")).unwrap_err().to_string();
     assert!(err.contains("/no/such.png"), "{err}");

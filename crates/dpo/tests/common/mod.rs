@@ -53,9 +53,7 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 pub fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mmedpo-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    mmedpo_core::testing::scratch("mmedpo-train", name)
 }
 
 pub fn settings() -> TrainSettings {

@@ -11,10 +11,9 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// A fresh, empty folder for this test process.
+/// A fresh, empty folder for this test process (what dead test processes left is swept).
 pub fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mmedpo-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+    let d = mmedpo_core::testing::scratch("mmedpo-cli", name);
     std::fs::create_dir_all(&d).unwrap();
     d
 }

@@ -1,20 +1,13 @@
 //! What a stage or the pipeline tells its caller while it runs: progress, notes, finished results.
 
-use std::path::Path;
-
 /// A finished piece of work, for the caller to print or draw.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Event<'a> {
     /// Text pairs curated into `output`.
     Curated(&'a crate::curation::CurateReport),
-    /// Relevance scores written to `output`.
-    Scored {
-        /// The pool's report.
-        report: &'a crate::scorer::RelevanceReport,
-        /// The scored preference file.
-        output: &'a Path,
-    },
+    /// Relevance scores written (to the report's `output`).
+    Scored(&'a crate::scorer::RelevanceReport),
     /// Visual pairs made.
     Visual(&'a crate::medklip::stage::VisualReport),
     /// One training file assembled.

@@ -29,7 +29,7 @@ use crate::dpo::data::WeightMode;
 use crate::error::invalid;
 use crate::eval::protocol::Task;
 use crate::stage::assemble::AssemblePlan;
-use crate::stage::eval::{comparison_table, metric_keys, EvalPlan};
+use crate::stage::eval::{cell, comparison_table, metric_keys, read_metrics, EvalPlan};
 use crate::stage::relevance::RelevancePlan;
 use crate::stage::text::TextPlan;
 use crate::stage::train::TrainPlan;
@@ -275,9 +275,7 @@ fn section<T: serde::de::DeserializeOwned>(
     wired: &[&str],
 ) -> Result<T> {
     for key in table.keys() {
-        if wired.contains(&key.as_str())
-            || MODEL_KEYS.contains(&key.as_str()) && wired.contains(&"model")
-        {
+        if wired.contains(&key.as_str()) {
             invalid!(
                 "{}: [{name}] {key}: set by the pipeline (from its top-level settings or the stage before)",
                 file.display()
@@ -325,7 +323,7 @@ pub fn load(path: &Path) -> Result<PipelineConfig> {
             path,
             "text",
             text_t,
-            &["data", "image_root", "out", "overwrite", "model"],
+            &[MODEL_KEYS, &["data", "image_root", "out", "overwrite"]].concat(),
         )?)
     } else if !text_t.is_empty() {
         invalid!("{}: [text] has settings but no `judge`: name the judge (openai=URL@MODEL or local=DIR), or remove the section to use the data's own pairs", path.display());
@@ -396,21 +394,17 @@ pub fn load(path: &Path) -> Result<PipelineConfig> {
         path,
         "train",
         train_t,
-        &["data", "image_root", "out", "resume", "model"],
+        &[MODEL_KEYS, &["data", "image_root", "out", "resume"]].concat(),
     )?;
     let eval = section::<EvalPlan>(
         path,
         "eval",
         eval_t,
         &[
-            "data",
-            "image_root",
-            "task",
-            "adapter",
-            "out",
-            "overwrite",
-            "model",
-        ],
+            MODEL_KEYS,
+            &["data", "image_root", "task", "adapter", "out", "overwrite"],
+        ]
+        .concat(),
     )?;
     let c = PipelineConfig {
         file,
@@ -620,6 +614,9 @@ struct Runner<'a> {
     /// The main run (where `from` requires the stages before it to be current), not a variant.
     main: bool,
     observer: &'a dyn Observer,
+    /// The fingerprints of the images the items of `data` and of `test` name (every pass reads
+    /// the same files: computed once per run).
+    images: [String; 2],
 }
 
 fn read_manifest(path: &Path) -> Option<Manifest> {
@@ -665,7 +662,7 @@ fn manifest(step: &Step) -> Result<Manifest> {
 }
 
 impl Runner<'_> {
-    /// Runs `step` in `dir` (by `exec(dir, resume)`, which returns its failed items) unless a
+    /// Runs `step` in `dir` (by `exec(dir)`, which returns its failed items) unless a
     /// folder in `shared` or `dir` already holds it current.
     fn run(
         &mut self,
@@ -780,9 +777,7 @@ fn pass(r: &mut Runner, c: &PipelineConfig, root: &Path, shared: Option<&Path>) 
     let shared_of = |s: Stage| shared.map(|d| d.join(s.name()));
     let observer = r.observer;
     let mut stamps = vec![];
-    // The images the items name, by content (the plans name only their folder).
-    let data_images = images_fingerprint(&c.data, &c.image_root)?;
-    let test_images = images_fingerprint(&c.test, &c.image_root)?;
+    let [data_images, test_images] = r.images.clone();
     // Stage 1: text pairs.
     let text = match c.text_plan() {
         Some(plan) => {
@@ -975,12 +970,6 @@ fn pass(r: &mut Runner, c: &PipelineConfig, root: &Path, shared: Option<&Path>) 
     })
 }
 
-fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text)
-        .map_err(|e| Error::Invalid(format!("{}: not JSON: {e}", path.display())))
-}
-
 fn slug(name: &str) -> String {
     let mut s: String = name
         .chars()
@@ -1014,10 +1003,19 @@ pub fn run(c: &PipelineConfig, options: &Options, observer: &dyn Observer) -> Re
         partial: vec![],
         main: true,
         observer,
+        // The images the items name, by content (the plans name only their folder); the
+        // variants change neither the items nor the image folder.
+        images: [
+            images_fingerprint(&c.data, &c.image_root)?,
+            images_fingerprint(&c.test, &c.image_root)?,
+        ],
     };
     let main = pass(&mut r, c, &c.out, None)?;
     r.main = false;
-    let (base, aligned) = (read_json(&main.base.path)?, read_json(&main.aligned.path)?);
+    let (base, aligned) = (
+        read_metrics(&main.base.path)?,
+        read_metrics(&main.aligned.path)?,
+    );
     let table = comparison_table(c.task, ["base", "MMedPO"], &base, &aligned);
     let md = c.out.join("summary.md");
     write_atomic(&md, table.as_bytes())?;
@@ -1052,9 +1050,8 @@ pub fn run(c: &PipelineConfig, options: &Options, observer: &dyn Observer) -> Re
             observer.note(&format!("== ablation: {name}"));
             let root = c.out.join("ablations").join(slug(name));
             let res = pass(&mut r, v, &root, Some(&c.out))?;
-            rows.push((name.to_string(), read_json(&res.aligned.path)?));
+            rows.push((name.to_string(), read_metrics(&res.aligned.path)?));
         }
-        let cell = |v: &serde_json::Value| v.as_f64().map_or("n/a".into(), |x| format!("{x:.2}"));
         let mut t = format!(
             "| variant | {} |\n|---|{}\n",
             keys.join(" | "),

@@ -70,7 +70,7 @@ impl Observer for Cli {
                     r.output.display()
                 );
             }
-            Event::Scored { report: r, output } => {
+            Event::Scored(r) => {
                 note!(
                     "{} pairs: {} scored ({} by consensus), {} without any score",
                     r.pairs,
@@ -83,7 +83,7 @@ impl Observer for Cli {
                     let bar = "#".repeat(n * 40 / max);
                     note!("  {:.1} | {bar:<40} {n}", i as f64 / 10.0);
                 }
-                let png = side(output, "histogram.png");
+                let png = side(&r.output, "histogram.png");
                 if png.is_file() {
                     note!("histogram: {}", png.display());
                 }

@@ -244,6 +244,18 @@ pub fn metric_keys(task: Task) -> &'static [&'static str] {
     }
 }
 
+/// A `metrics.json` file as JSON (keys as `mmedpo metrics` prints them).
+pub fn read_metrics(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| crate::Error::Invalid(format!("{}: not JSON: {e}", path.display())))
+}
+
+/// A metric as a table cell: two decimals, `n/a` where it is null.
+pub fn cell(v: &serde_json::Value) -> String {
+    v.as_f64().map_or("n/a".into(), |x| format!("{x:.2}"))
+}
+
 /// Two results side by side in Markdown, with B − A: `| metric | A | B | Δ |`.
 pub fn comparison_table(
     task: Task,
@@ -251,7 +263,6 @@ pub fn comparison_table(
     a: &serde_json::Value,
     b: &serde_json::Value,
 ) -> String {
-    let cell = |v: &serde_json::Value| v.as_f64().map_or("n/a".into(), |x| format!("{x:.2}"));
     let mut t = format!(
         "| metric | {} | {} | Δ |\n|---|---|---|---|\n",
         labels[0], labels[1]
@@ -273,12 +284,7 @@ pub fn comparison_table(
 /// The table of two `metrics.json` files, B − A ([`comparison_table`]); files of two tasks are an
 /// error naming both.
 pub fn compare_files(a: &Path, b: &Path) -> Result<String> {
-    let read = |p: &Path| -> Result<serde_json::Value> {
-        let text = std::fs::read_to_string(p).map_err(|e| crate::Error::io(p, e))?;
-        serde_json::from_str(&text)
-            .map_err(|e| crate::Error::Invalid(format!("{}: not JSON: {e}", p.display())))
-    };
-    let (ma, mb) = (read(a)?, read(b)?);
+    let (ma, mb) = (read_metrics(a)?, read_metrics(b)?);
     if ma["task"] != mb["task"] {
         invalid!(
             "{} is a {} result and {} a {} result",

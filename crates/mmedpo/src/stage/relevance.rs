@@ -165,9 +165,6 @@ pub fn score(plan: &RelevancePlan, observer: &dyn Observer) -> Result<RelevanceR
     if let Err(e) = crate::plot::plot_score_histogram(&report.histogram, &title, &png) {
         tracing::warn!("no histogram PNG: {e}");
     }
-    observer.event(&Event::Scored {
-        report: &report,
-        output: &plan.out,
-    });
+    observer.event(&Event::Scored(&report));
     Ok(report)
 }
